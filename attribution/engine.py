@@ -1,0 +1,471 @@
+"""The Integrated Gradients engine: compiled, chunked, batch-invariant. TensorFlow only, no Beam.
+
+For attributed inputs x with baseline x', path points a_k and weights w_k (see `integration`):
+
+    attr_i = (x_i - x'_i) * sum_k w_k dF_t/dx_i(x' + a_k (x - x'))
+    delta  = sum_i attr_i - (F_t(x) - F_t(x'))           (completeness; ~0 for a good rule)
+
+where F_t is the explained scalar of the model output (see `targets`). Gradients come from one
+compiled `tf.function` with a fixed input signature (batch dimension `None`, so new batch sizes
+never retrace) that evaluates `examples x steps` rows at once. The host loop feeds it chunks of at
+most `max_rows_per_call` rows and accumulates the weighted gradient sums in float64, so memory is
+bounded and the result does not depend on how examples are batched or chunked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from attribution.baselines import Baseline, BaselineMaker
+from attribution.integration import DEFAULT_METHOD, DEFAULT_STEPS, integration_rule
+from attribution.models import ModelAdapter
+from attribution.targets import NO_CLASS, Target
+
+DEFAULT_MAX_ROWS_PER_CALL = 16384
+
+
+@dataclasses.dataclass
+class Attribution:
+    """Per-example results of `IntegratedGradients.attribute` for a batch of B examples.
+
+    Attributes:
+      attributions: name -> [B, *shape] float64, the same structure as the attributed inputs (a
+        plain array for a single-input model; {layer_name: ...} for layer attribution).
+      predictions: [B] F_t(x).
+      baseline_predictions: [B] F_t(x'), averaged over the baselines of each example.
+      deltas: [B] completeness delta, sum of attributions - (F_t(x) - F_t(x')).
+      targets: [B] int64 explained class (-1 for scalar and callable targets).
+      baselines: name -> [B, S, *shape], the S baselines used per example.
+      layer_scores: for layer attribution, [B, *shape[:-1]]: attributions summed over the last
+        (embedding) axis, one score per token/feature; None otherwise.
+    """
+
+    attributions: dict[str, np.ndarray] | np.ndarray
+    predictions: np.ndarray
+    baseline_predictions: np.ndarray
+    deltas: np.ndarray
+    targets: np.ndarray
+    baselines: dict[str, np.ndarray]
+    layer_scores: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+
+def _rows_per_chunk(steps: int, max_rows: int) -> tuple[int, int]:
+    """(examples per gradient call, path points per gradient call) for a row bound."""
+    if steps <= max_rows:
+        return max(1, max_rows // steps), steps
+    return 1, max_rows
+
+
+class IntegratedGradients:
+    """Integrated Gradients for a model with named inputs.
+
+    Build once (it compiles its functions lazily on the first call), then call `attribute` on as
+    many batches as needed. Heavy: create it in a Beam DoFn's `setup()`, never at construction.
+
+    Args:
+      model: A `ModelAdapter` (see `attribution.models.load_model`).
+      features: The attributed input names (default: every model input). Other inputs are passed
+        through unchanged at every path point. Must be floating point.
+      layer: Attribute to the output of this Keras layer instead of the inputs (e.g. an
+        `Embedding` for token ids). The completeness delta is still computed on the model output.
+      output: The model output to explain (needed for multi-output models).
+      method: Integration rule, one of `integration.METHODS`.
+      steps: Number of path points.
+      baseline: A `Baseline` (default zeros).
+      target: A `Target` (default: the predicted class).
+      max_rows_per_call: Upper bound on examples x steps evaluated per gradient call.
+
+    Raises:
+      ValueError: any bad argument, with a message naming it and the valid choices.
+    """
+
+    def __init__(
+        self,
+        model: ModelAdapter,
+        *,
+        features: Sequence[str] | None = None,
+        layer: str | None = None,
+        output: str | None = None,
+        method: str = DEFAULT_METHOD,
+        steps: int = DEFAULT_STEPS,
+        baseline: Baseline | None = None,
+        target: Target | None = None,
+        max_rows_per_call: int = DEFAULT_MAX_ROWS_PER_CALL,
+    ) -> None:
+        self.model = model
+        self.method, self.steps = method, steps
+        alphas, weights = integration_rule(method, steps)
+        self.alphas, self.weights = alphas, weights
+        if isinstance(max_rows_per_call, bool) or not isinstance(max_rows_per_call, int):
+            raise ValueError(f"max_rows_per_call must be an integer, got {max_rows_per_call!r}")
+        if max_rows_per_call < 1:
+            raise ValueError(f"max_rows_per_call must be >= 1, got {max_rows_per_call}")
+        self.max_rows_per_call = max_rows_per_call
+        self.target = target or Target()
+        self.target.validate()
+        self.output = self._resolve_output(output)
+        self.input_specs = dict(model.input_specs)
+        self.layer = layer
+        if layer is not None:
+            if features is not None:
+                raise ValueError("give either features (input attribution) or layer, not both")
+            front, head, h_spec = model.split_at_layer(layer)
+            self._front, self._head = front, head
+            self.attributed_specs = {layer: h_spec}
+        else:
+            self._front = None
+            names = list(features) if features is not None else list(self.input_specs)
+            self._check_features(names)
+            self.attributed_specs = {n: self.input_specs[n] for n in names}
+        if self.target.kind == "label" and self.target.feature in self.attributed_specs:
+            raise ValueError(f"the label feature {self.target.feature!r} cannot be attributed")
+        self.baseline = baseline or Baseline()
+        self._baselines = BaselineMaker(self.baseline, self.attributed_specs)
+        self._build_functions()
+
+    # -------------------------------------------------------------------------- construction
+
+    def _resolve_output(self, output: str | None) -> str:
+        names = self.model.output_names
+        if output is None:
+            if len(names) != 1:
+                raise ValueError(
+                    f"the model has {len(names)} outputs ({', '.join(names)}); "
+                    "choose one with output="
+                )
+            return names[0]
+        if output not in names:
+            raise ValueError(
+                f"unknown output {output!r}; the model's outputs are {', '.join(names)}"
+            )
+        return output
+
+    def _check_features(self, names: list[str]) -> None:
+        if not names:
+            raise ValueError("features is empty: name at least one input to attribute")
+        if len(set(names)) != len(names):
+            raise ValueError(f"features has duplicates: {names}")
+        unknown = [n for n in names if n not in self.input_specs]
+        if unknown:
+            raise ValueError(
+                f"unknown features {unknown}; the model's inputs are {', '.join(self.input_specs)}"
+            )
+        for name in names:
+            dtype = self.input_specs[name].dtype
+            if not dtype.is_floating:
+                raise ValueError(
+                    f"input {name!r} has dtype {dtype.name}: gradients of a discrete input are "
+                    "meaningless; attribute to the layer that embeds it instead (layer='...', "
+                    "e.g. its Embedding layer) and leave it out of features"
+                )
+
+    def _build_functions(self) -> None:
+        inputs_sig = {n: s for n, s in self.input_specs.items()}
+        attr_sig = {n: s for n, s in self.attributed_specs.items()}
+        rows = tf.TensorSpec([None], tf.int32)
+        path = tf.TensorSpec([None], tf.float64)  # cast to each tensor's dtype
+        self._embed_fn = tf.function(self._embed, input_signature=[inputs_sig])
+        self._forward_fn = tf.function(
+            self._selected_output, input_signature=[inputs_sig, attr_sig]
+        )
+        self._grad_fn = tf.function(
+            self._grad_sum, input_signature=[inputs_sig, attr_sig, attr_sig, rows, path, path]
+        )
+
+    # ------------------------------------------------------------------------ graph functions
+
+    def _embed(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The attributed tensors of an input batch (the inputs themselves, or the layer output)."""
+        if self._front is not None:
+            return {self.layer: self._front(inputs)}
+        return {n: inputs[n] for n in self.attributed_specs}
+
+    def _selected_output(self, inputs: dict[str, tf.Tensor], attributed: dict) -> tf.Tensor:
+        """The explained output as [N, C] from the inputs with the attributed tensors replaced."""
+        if self._front is not None:
+            outputs = self._head(inputs, attributed[self.layer])
+        else:
+            outputs = self.model({**inputs, **attributed})
+        out = outputs[self.output]
+        if self.target.kind == "callable":
+            out = tf.reshape(self.target.fn(out), [-1, 1])
+        out = tf.convert_to_tensor(out)
+        return tf.reshape(out, [tf.shape(out)[0], -1])
+
+    def _grad_sum(
+        self,
+        inputs: dict,
+        x: dict,
+        base: dict,
+        targets: tf.Tensor,
+        alphas: tf.Tensor,
+        weights: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
+        """sum_k w_k dF_t/dz at z = base + a_k (x - base), for n examples and k points at once."""
+        n = tf.shape(targets)[0]
+        k = tf.shape(alphas)[0]
+
+        def tile(t: tf.Tensor) -> tf.Tensor:  # [n, ...] -> [k * n, ...], step-major
+            reps = tf.concat([[k], tf.ones([tf.rank(t) - 1], tf.int32)], axis=0)
+            return tf.tile(t, reps)
+
+        points = {}
+        for name in x:
+            xv, bv = x[name], base[name]
+            a = tf.cast(tf.reshape(alphas, [-1] + [1] * xv.shape.rank), xv.dtype)
+            z = bv[tf.newaxis] + a * (xv - bv)[tf.newaxis]
+            points[name] = tf.reshape(z, tf.concat([[k * n], tf.shape(xv)[1:]], axis=0))
+        tiled = {name: tile(t) for name, t in inputs.items() if name not in points}
+        with tf.GradientTape() as tape:
+            tape.watch(list(points.values()))
+            out = self._selected_output(tiled, points)
+            chosen = tile(targets)
+            f = tf.gather(out, chosen, axis=1, batch_dims=1)
+        grads = tape.gradient(f, points, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        result = {}
+        for name, g in grads.items():
+            g = tf.reshape(g, tf.concat([[k, n], tf.shape(g)[1:]], axis=0))
+            w = tf.cast(tf.reshape(weights, [-1] + [1] * (g.shape.rank - 1)), g.dtype)
+            result[name] = tf.reduce_sum(w * g, axis=0)
+        return result
+
+    # ---------------------------------------------------------------------------- host side
+
+    def _to_tensors(self, values: Mapping[str, Any], specs: Mapping[str, tf.TensorSpec]) -> dict:
+        return {n: tf.convert_to_tensor(np.asarray(values[n]), dtype=specs[n].dtype) for n in specs}
+
+    def _prepare_inputs(self, inputs: Any) -> tuple[dict[str, np.ndarray], int]:
+        if not isinstance(inputs, Mapping):
+            if len(self.input_specs) != 1:
+                raise ValueError(
+                    f"the model has inputs {', '.join(self.input_specs)}: pass a dict of arrays"
+                )
+            inputs = {next(iter(self.input_specs)): inputs}
+        missing = [n for n in self.input_specs if n not in inputs]
+        if missing:
+            raise ValueError(f"inputs lack the model inputs {missing}")
+        arrays = {n: np.asarray(v) for n, v in inputs.items()}
+        sizes = {n: len(arrays[n]) for n in self.input_specs}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"inputs disagree on the batch size: {sizes}")
+        for name, spec in self.input_specs.items():
+            if not spec.shape[1:].is_compatible_with(arrays[name].shape[1:]):
+                raise ValueError(
+                    f"input {name!r} has shape {arrays[name].shape[1:]} per example; the model "
+                    f"expects {tuple(spec.shape[1:])}"
+                )
+        return arrays, next(iter(sizes.values()))
+
+    def _requested_targets(
+        self, arrays: Mapping[str, np.ndarray], n: int, override: Any
+    ) -> np.ndarray:
+        """Host-side target indices [n]; -1 means the arg-max (predicted) class."""
+        kind = self.target.kind
+        if override is not None:
+            t = np.asarray(override)
+            if t.ndim == 0:
+                t = np.full(n, t)
+            if t.shape != (n,) or not np.issubdtype(t.dtype, np.integer):
+                raise ValueError(f"targets must be {n} integer class indices, got shape {t.shape}")
+            if np.any(t < 0):
+                raise ValueError(f"targets must be >= 0, got {int(t.min())}")
+            return t.astype(np.int32)
+        if kind == "index":
+            return np.full(n, self.target.value, np.int32)
+        if kind == "label":
+            name = self.target.feature
+            if name not in arrays:
+                raise ValueError(f"target kind 'label' needs the label feature {name!r} in inputs")
+            labels = np.asarray(arrays[name]).reshape(n, -1)
+            if labels.shape[1] != 1 or not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"label feature {name!r} must hold one integer class per example")
+            if np.any(labels < 0):
+                raise ValueError(f"label feature {name!r} has negative classes")
+            return labels[:, 0].astype(np.int32)
+        if kind in ("scalar", "callable"):
+            return np.zeros(n, np.int32)
+        return np.full(n, -1, np.int32)  # predicted
+
+    def attribute(
+        self,
+        inputs: Mapping[str, Any] | Any,
+        *,
+        keys: Sequence[str] | np.ndarray | None = None,
+        baselines: Mapping[str, Any] | Any | None = None,
+        targets: Sequence[int] | np.ndarray | int | None = None,
+    ) -> Attribution:
+        """Attributes a batch of examples.
+
+        Args:
+          inputs: name -> [B, ...] arrays for every model input (a plain array for a single-input
+            model). Extra entries (e.g. the label feature of a 'label' target) are allowed.
+          keys: Example keys [B]; random_uniform baselines are a function of key and seed. Default:
+            the row index within this call (then draws depend on the batch; pass keys in pipelines).
+          baselines: Per-example baselines for baseline kind 'array' ([B, ...] or [B, S, ...]).
+          targets: Per-example class indices [B] (or one int), overriding the target spec.
+
+        Returns:
+          An `Attribution`.
+
+        Raises:
+          ValueError: missing inputs, inconsistent shapes, out-of-range targets, bad baselines.
+        """
+        arrays, n = self._prepare_inputs(inputs)
+        requested = self._requested_targets(arrays, n, targets)
+        if keys is None:
+            keys = np.array([str(i) for i in range(n)], dtype=object)
+        keys = np.asarray(keys, dtype=object)
+        if keys.shape != (n,):
+            raise ValueError(f"keys must have one entry per example ({n}), got shape {keys.shape}")
+        if baselines is not None and not isinstance(baselines, Mapping):
+            baselines = {next(iter(self.attributed_specs)): baselines}
+        if n == 0:
+            return self._empty()
+        model_inputs = {k: arrays[k] for k in self.input_specs}
+        x = self._embedded(model_inputs, n)
+        base = self._baselines(x, keys, baselines)
+        samples = next(iter(base.values())).shape[1]
+
+        # Rows are (example, sample) pairs: examples repeated S times, each with its own baseline.
+        rep = lambda a: np.repeat(a, samples, axis=0)  # noqa: E731
+        r_inputs = {k: rep(v) for k, v in model_inputs.items()}
+        r_x = {k: rep(v) for k, v in x.items()}
+        r_base = {k: v.reshape((n * samples, *v.shape[2:])) for k, v in base.items()}
+        r_req = rep(requested)
+
+        out = self._forward_rows(r_inputs, r_x)
+        self._check_targets(out.shape[1], requested)
+        chosen = np.where(r_req < 0, out.argmax(axis=1), r_req).astype(np.int32)
+        fx = out[np.arange(len(chosen)), chosen].astype(np.float64)
+        fb_out = self._forward_rows(r_inputs, r_base)
+        fb = fb_out[np.arange(len(chosen)), chosen].astype(np.float64)
+        grads = self._gradient_rows(r_inputs, r_x, r_base, chosen)
+
+        attributions = {}
+        for name in x:
+            diff = r_x[name].astype(np.float64) - r_base[name].astype(np.float64)
+            per_row = diff * grads[name]
+            attributions[name] = per_row.reshape((n, samples, *per_row.shape[1:])).mean(axis=1)
+        total = sum(a.reshape(n, -1).sum(axis=1) for a in attributions.values())
+        predictions = fx.reshape(n, samples)[:, 0]
+        baseline_predictions = fb.reshape(n, samples).mean(axis=1)
+        deltas = total - (predictions - baseline_predictions)
+        reported = chosen.reshape(n, samples)[:, 0].astype(np.int64)
+        if self.target.kind == "callable" or (out.shape[1] == 1 and self.target.kind == "scalar"):
+            reported = np.full(n, NO_CLASS, np.int64)
+        layer_scores = None
+        if self.layer is not None:
+            layer_scores = attributions[self.layer].sum(axis=-1)
+        result = attributions
+        if self.model.single_input and self.layer is None:
+            result = attributions[next(iter(attributions))]
+        return Attribution(
+            attributions=result,
+            predictions=predictions,
+            baseline_predictions=baseline_predictions,
+            deltas=deltas,
+            targets=reported,
+            baselines=base,
+            layer_scores=layer_scores,
+        )
+
+    def _empty(self) -> Attribution:
+        def empty(spec: tf.TensorSpec, extra: tuple = ()) -> np.ndarray:
+            shape = tuple(d or 0 for d in spec.shape[1:])
+            return np.zeros((0, *extra, *shape), np.float64)
+
+        attributions = {n: empty(s) for n, s in self.attributed_specs.items()}
+        result = attributions
+        if self.model.single_input and self.layer is None:
+            result = attributions[next(iter(attributions))]
+        nothing = np.zeros(0, np.float64)
+        layer_scores = None
+        if self.layer is not None:
+            layer_scores = attributions[self.layer].sum(axis=-1)
+        return Attribution(
+            attributions=result,
+            predictions=nothing,
+            baseline_predictions=nothing.copy(),
+            deltas=nothing.copy(),
+            targets=np.zeros(0, np.int64),
+            baselines={
+                n: empty(s, (self.baseline.num_samples,)) for n, s in self.attributed_specs.items()
+            },
+            layer_scores=layer_scores,
+        )
+
+    def _check_targets(self, classes: int, requested: np.ndarray) -> None:
+        if self.target.kind == "scalar" and classes != 1:
+            raise ValueError(
+                f"target kind 'scalar' needs an output of width 1; output {self.output!r} has "
+                f"{classes}: use 'predicted', 'index' or 'label'"
+            )
+        if requested.size and int(requested.max()) >= classes:
+            raise ValueError(
+                f"target class {int(requested.max())} is out of range: output {self.output!r} has "
+                f"{classes} classes (0..{classes - 1})"
+            )
+
+    def _chunks(self, n: int, rows_per_example: int) -> list[slice]:
+        per = max(1, self.max_rows_per_call // rows_per_example)
+        return [slice(i, min(n, i + per)) for i in range(0, n, per)]
+
+    def _embedded(self, model_inputs: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        if self._front is None:
+            return {k: np.asarray(model_inputs[k]) for k in self.attributed_specs}
+        parts = [
+            self._embed_fn(
+                self._to_tensors({k: v[s] for k, v in model_inputs.items()}, self.input_specs)
+            )
+            for s in self._chunks(n, 1)
+        ]
+        return {k: np.concatenate([p[k].numpy() for p in parts]) for k in self.attributed_specs}
+
+    def _forward_rows(self, inputs: dict, attributed: dict) -> np.ndarray:
+        """The explained output [N, C] at the given attributed values, in bounded chunks."""
+        n = len(next(iter(attributed.values())))
+        outs = [
+            self._forward_fn(
+                self._to_tensors({k: v[s] for k, v in inputs.items()}, self.input_specs),
+                self._to_tensors({k: v[s] for k, v in attributed.items()}, self.attributed_specs),
+            ).numpy()
+            for s in self._chunks(n, 1)
+        ]
+        return np.concatenate(outs)
+
+    def _gradient_rows(self, inputs: dict, x: dict, base: dict, targets: np.ndarray) -> dict:
+        n = len(targets)
+        examples, points = _rows_per_chunk(self.steps, self.max_rows_per_call)
+        alphas, weights = self.alphas, self.weights
+        sums = {k: np.zeros(v.shape, np.float64) for k, v in x.items()}
+        for start in range(0, n, examples):
+            s = slice(start, min(n, start + examples))
+            args = (
+                self._to_tensors({k: v[s] for k, v in inputs.items()}, self.input_specs),
+                self._to_tensors({k: v[s] for k, v in x.items()}, self.attributed_specs),
+                self._to_tensors({k: v[s] for k, v in base.items()}, self.attributed_specs),
+                tf.constant(targets[s], tf.int32),
+            )
+            for p in range(0, self.steps, points):
+                part = self._grad_fn(
+                    *args, tf.constant(alphas[p : p + points]), tf.constant(weights[p : p + points])
+                )
+                for k, g in part.items():
+                    sums[k][s] += g.numpy()
+        return sums
+
+    def trace_counts(self) -> dict[str, int]:
+        """How many times each compiled function was traced (1 each after any number of calls)."""
+        return {
+            "embed": self._embed_fn.experimental_get_tracing_count(),
+            "forward": self._forward_fn.experimental_get_tracing_count(),
+            "gradient": self._grad_fn.experimental_get_tracing_count(),
+        }

@@ -1,0 +1,1 @@
+"""igbeam pipeline package."""

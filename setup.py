@@ -1,0 +1,23 @@
+"""igbeam: Integrated Gradients attributions for whole datasets, as an Apache Beam pipeline."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="igbeam",
+    version="0.1.0",
+    description="Integrated Gradients attributions for TFRecord datasets on Apache Beam.",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["attribution", "attribution.*", "pipeline", "pipeline.*",
+                                    "transforms", "transforms.*"]),
+    include_package_data=True,
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tfx-bsl==1.21.*",
+        "apache-beam[gcp]==2.77.*",
+        "pyarrow",
+        "numpy",
+        "pyyaml",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout", "ruff", "pandas"]},
+    entry_points={"console_scripts": ["igbeam=pipeline.cli:main"]},
+)
