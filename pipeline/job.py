@@ -1,0 +1,383 @@
+"""The igbeam job: config -> early checks -> Beam pipeline -> Parquet outputs -> summary.json.
+
+Layout of `output.path`:
+  attributions/part-*.parquet   one row per example (schema: `transforms.attribute`)
+  statistics/features.parquet   per slice and feature (`transforms.statistics`)
+  statistics/slices.parquet     per slice
+  dead_letter/part-*.parquet    records not attributed, with reason and raw bytes
+  schema.pbtxt                  the TFMD schema used (inferred when the config has none)
+  summary.json                  counts, resolved config, versions, wall time, examples/s
+  _SUCCESS                      written last; a failed run never leaves one
+
+Everything that can be checked before Beam starts is checked first (`JobError`, one line each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import platform
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
+
+from attribution import Baseline, ModelLoadError, Target
+from pipeline.config import JobConfig
+from transforms.attribute import (
+    METRICS_NAMESPACE,
+    AttributeRecords,
+    EngineSpec,
+    attribution_schema,
+)
+from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_to_row
+from transforms.decode import feature_names, infer_schema, load_schema, schema_to_text
+from transforms.records import ReadTFRecords, Record, expand_file_pattern, iter_tfrecord_file
+from transforms.statistics import (
+    FEATURE_STATS_SCHEMA,
+    SLICE_STATS_SCHEMA,
+    AttributionStatistics,
+    ComputeAttributionStatistics,
+)
+
+SCHEMA_SAMPLE_RECORDS = 1000
+STATS_EPSILON = 0.005
+OUTPUT_PARTS = ("attributions", "statistics", "dead_letter", "schema.pbtxt", "summary.json")
+
+
+class JobError(ValueError):
+    """A problem found before any Beam work starts (one line, names the thing)."""
+
+
+@dataclasses.dataclass
+class Plan:
+    """What the launcher resolved before building the pipeline (no TF objects)."""
+
+    config: JobConfig
+    files: list[str]
+    schema: Any  # schema_pb2.Schema
+    spec: EngineSpec
+    output_schema: pa.Schema
+    attributed: list[str]
+    schema_inferred: bool
+
+
+def _join(*parts: str) -> str:
+    return FileSystems.join(*parts)
+
+
+def engine_spec(config: JobConfig) -> EngineSpec:
+    """The picklable engine spec of a config."""
+    a = config.attribution
+    b = a.baseline
+    baseline = Baseline(
+        kind=b.kind,
+        value=b.value if b.value is not None else 0.0,
+        values=b.values,
+        low=b.low,
+        high=b.high,
+        seed=b.seed or 0,
+        samples=b.samples or 1,
+    )
+    target = Target(kind=a.target.kind, value=a.target.value, feature=a.target.feature)
+    return EngineSpec(
+        model_path=config.model.path,
+        signature=config.model.signature,
+        safe_mode=config.model.safe_mode,
+        preprocess_path=config.model.preprocess_path,
+        features=tuple(config.features) if config.features is not None else None,
+        layer=a.layer,
+        output=a.output,
+        method=a.method,
+        steps=a.steps,
+        baseline=baseline,
+        target=target,
+        max_rows_per_call=config.batching.max_rows_per_call,
+    )
+
+
+def _sample_records(files: Sequence[str], limit: int) -> list[bytes]:
+    sample: list[bytes] = []
+    for path in files:
+        for item in iter_tfrecord_file(path):
+            if isinstance(item, Record):
+                sample.append(item.data)
+                if len(sample) >= limit:
+                    return sample
+    return sample
+
+
+def plan_job(config: JobConfig) -> Plan:
+    """Checks everything that can be checked before Beam starts.
+
+    Raises:
+      JobError: no input files, model not loadable or without a usable signature, features not
+        among the model inputs or not in the schema, unwritable output.
+    """
+    try:
+        files = expand_file_pattern(list(config.input.patterns))
+    except ValueError as err:
+        raise JobError(f"input.pattern: {err}") from err
+    except OSError as err:
+        raise JobError(f"input.pattern: cannot list files: {err}") from err
+    schema_inferred = config.input.schema is None
+    if schema_inferred:
+        try:
+            schema = infer_schema(_sample_records(files, SCHEMA_SAMPLE_RECORDS))
+        except ValueError as err:
+            raise JobError(f"input.schema: {err}") from err
+    else:
+        try:
+            schema = load_schema(config.input.schema)
+        except ValueError as err:
+            raise JobError(f"input.schema: {err}") from err
+    spec = engine_spec(config)
+    try:
+        loaded = spec.load()
+    except ModelLoadError as err:
+        raise JobError(f"model: {err}") from err
+    except ValueError as err:
+        raise JobError(f"attribution: {err}") from err
+    in_schema = set(feature_names(schema))
+    if loaded.preprocess is None:
+        missing = [n for n in loaded.model.input_specs if n not in in_schema]
+        if missing:
+            raise JobError(
+                f"features: model inputs {missing} are not in the schema "
+                f"(schema features: {', '.join(sorted(in_schema))})"
+            )
+    for name in (*config.passthrough, config.input.key, config.attribution.target.feature):
+        if name is not None and name not in in_schema:
+            raise JobError(f"feature {name!r} is not in the schema")
+    try:
+        sizes = loaded.attributed_sizes()
+        output_schema = attribution_schema(sizes, schema, config.passthrough)
+    except ValueError as err:
+        raise JobError(f"attribution: {err}") from err
+    _check_writable(config.output.path)
+    return Plan(config, files, schema, spec, output_schema, list(sizes), schema_inferred)
+
+
+def _check_writable(path: str) -> None:
+    probe = _join(path, ".igbeam_write_probe")
+    try:
+        if "://" not in path:
+            import os
+
+            os.makedirs(path, exist_ok=True)
+        with FileSystems.create(probe) as f:
+            f.write(b"ok")
+        FileSystems.delete([probe])
+    except Exception as err:
+        raise JobError(f"output.path: {path!r} is not writable: {err}") from err
+
+
+def _clear_output(path: str) -> None:
+    """Removes a previous run's outputs, `_SUCCESS` first, so a rerun replaces them."""
+    marker = _join(path, "_SUCCESS")
+    if FileSystems.exists(marker):
+        FileSystems.delete([marker])
+    old = [p for p in (_join(path, part) for part in OUTPUT_PARTS) if FileSystems.exists(p)]
+    if old:
+        FileSystems.delete(old)
+
+
+class _MergeTables(beam.DoFn):
+    """Merges small RecordBatches into tables of about `rows` rows (one Parquet row group each)."""
+
+    def __init__(self, rows: int) -> None:
+        self._rows = rows
+
+    def start_bundle(self) -> None:
+        self._pending: list[pa.RecordBatch] = []
+        self._count = 0
+
+    def process(self, batch: pa.RecordBatch) -> Any:
+        self._pending.append(batch)
+        self._count += batch.num_rows
+        if self._count >= self._rows:
+            yield self._flush()
+
+    def _flush(self) -> pa.Table:
+        table = pa.Table.from_batches(self._pending).combine_chunks()
+        self._pending, self._count = [], 0
+        return table
+
+    def finish_bundle(self) -> Any:
+        if self._pending:
+            yield WindowedValue(
+                self._flush(), window.GlobalWindow().max_timestamp(), [window.GlobalWindow()]
+            )
+
+
+def _write_parquet_file(path: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    with FileSystems.create(path) as f:
+        f.write(buffer.getvalue())
+
+
+class _WriteStatistics(beam.DoFn):
+    def __init__(self, directory: str) -> None:
+        self._dir = directory
+
+    def process(self, stats: AttributionStatistics) -> Any:
+        _write_parquet_file(_join(self._dir, "features.parquet"), stats.features)
+        _write_parquet_file(_join(self._dir, "slices.parquet"), stats.slices)
+        yield stats.slices.num_rows
+
+
+def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
+    """Adds the whole job to `pipeline`."""
+    config = plan.config
+    out = config.output.path
+    read = pipeline | "Read" >> ReadTFRecords(plan.files)
+    attributed = read.records | "AttributeRecords" >> AttributeRecords(
+        plan.spec,
+        plan.schema,
+        plan.output_schema,
+        batch_size=config.batching.batch_size,
+        key_feature=config.input.key,
+        passthrough=config.passthrough,
+    )
+    results = attributed.results
+    _ = (
+        results
+        | "MergeRowGroups" >> beam.ParDo(_MergeTables(config.output.row_group_rows))
+        | "WriteAttributions"
+        >> beam.io.WriteToParquetBatched(
+            _join(out, "attributions", "part"),
+            plan.output_schema,
+            num_shards=config.output.shards,
+            file_name_suffix=".parquet",
+        )
+    )
+    _ = (
+        results
+        | "ComputeStatistics"
+        >> ComputeAttributionStatistics(
+            features=plan.attributed,
+            slices=[list(s) for s in config.slices],
+            epsilon=STATS_EPSILON,
+        )
+        | "WriteStatistics" >> beam.ParDo(_WriteStatistics(_join(out, "statistics")))
+    )
+    _ = (
+        (read.dead_letters, attributed[DEAD_LETTER_TAG])
+        | "FlattenDeadLetters" >> beam.Flatten()
+        | "DeadLetterRows" >> beam.Map(dead_letter_to_row)
+        | "WriteDeadLetters"
+        >> beam.io.WriteToParquet(
+            _join(out, "dead_letter", "part"),
+            DEAD_LETTER_SCHEMA,
+            file_name_suffix=".parquet",
+        )
+    )
+
+
+def _parquet_rows(pattern: str) -> tuple[int, list[str]]:
+    files = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+    rows = 0
+    for path in files:
+        with FileSystems.open(path) as f:
+            rows += pq.ParquetFile(io.BytesIO(f.read())).metadata.num_rows
+    return rows, sorted(files)
+
+
+def _ensure_file(directory: str, schema: pa.Schema) -> None:
+    """An empty output still gets one Parquet file carrying its schema."""
+    if not [m for r in FileSystems.match([_join(directory, "*.parquet")]) for m in r.metadata_list]:
+        _write_parquet_file(_join(directory, "part-empty.parquet"), schema.empty_table())
+
+
+def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int] | None:
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except Exception:  # noqa: BLE001 - some runners have no metrics; the summary says so
+        return None
+    totals: dict[str, int] = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def _versions() -> dict[str, str]:
+    import tensorflow as tf
+    import tfx_bsl
+
+    return {
+        "python": platform.python_version(),
+        "apache_beam": beam.__version__,
+        "tensorflow": tf.__version__,
+        "tfx_bsl": tfx_bsl.__version__,
+        "pyarrow": pa.__version__,
+    }
+
+
+def run_job(
+    config: JobConfig, beam_args: Sequence[str] = (), *, plan: Plan | None = None
+) -> dict[str, Any]:
+    """Plans, runs and summarises one job; returns the summary (also in summary.json).
+
+    Raises:
+      JobError: an early check failed (before any Beam work).
+      RuntimeError: the pipeline did not finish.
+    """
+    start = time.time()
+    plan = plan or plan_job(config)
+    out = config.output.path
+    _clear_output(out)
+    with FileSystems.create(_join(out, "schema.pbtxt")) as f:
+        f.write(schema_to_text(plan.schema).encode())
+    options = PipelineOptions(list(beam_args))
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, plan)
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if state not in (None, beam.runners.runner.PipelineState.DONE):
+        raise RuntimeError(f"pipeline finished in state {state}")
+    _ensure_file(_join(out, "attributions"), plan.output_schema)
+    _ensure_file(_join(out, "dead_letter"), DEAD_LETTER_SCHEMA)
+    if not FileSystems.exists(_join(out, "statistics", "features.parquet")):
+        _write_parquet_file(
+            _join(out, "statistics", "features.parquet"), FEATURE_STATS_SCHEMA.empty_table()
+        )
+        _write_parquet_file(
+            _join(out, "statistics", "slices.parquet"), SLICE_STATS_SCHEMA.empty_table()
+        )
+    attributed_rows, attribution_files = _parquet_rows(_join(out, "attributions", "*.parquet"))
+    dead_rows, _ = _parquet_rows(_join(out, "dead_letter", "*.parquet"))
+    counters = _counters(result)
+    wall = time.time() - start
+    summary = {
+        "status": "succeeded",
+        "output": out,
+        "counts": {
+            "input_files": len(plan.files),
+            "examples_attributed": attributed_rows,
+            "dead_letters": dead_rows,
+            "attribution_files": len(attribution_files),
+        },
+        "metrics": counters,
+        "wall_seconds": round(wall, 3),
+        "examples_per_second": round(attributed_rows / wall, 2) if wall > 0 else None,
+        "schema_inferred": plan.schema_inferred,
+        "config": config.to_dict(),
+        "versions": _versions(),
+        "beam_args": list(beam_args),
+    }
+    with FileSystems.create(_join(out, "summary.json")) as f:
+        f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
+    with FileSystems.create(_join(out, "_SUCCESS")) as f:
+        f.write(b"")
+    return summary

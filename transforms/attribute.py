@@ -1,0 +1,482 @@
+"""The Beam adapter of the IG engine: batches of TFRecord records in, Arrow attributions out.
+
+`AttributeBatchDoFn` holds one engine per worker process (`apache_beam.utils.shared.Shared`), built
+in `setup()`, never at pipeline construction. Per batch it decodes the records with tfx-bsl,
+turns Arrow columns (or a preprocessing model's outputs) into model inputs, calls the engine, and
+emits one Arrow RecordBatch of per-example results with the explicit schema from
+`attribution_schema`. Records that cannot be decoded or validated, and examples on which the
+model fails, go to the dead-letter output with a reason; a failing batch is split in halves and
+retried down to single examples so that one poisonous example does not take its neighbours with
+it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.utils import shared
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from attribution import Baseline, IntegratedGradients, ModelAdapter, Target, load_model
+from transforms.dead_letters import (
+    DEAD_LETTER_TAG,
+    STAGE_DECODE,
+    STAGE_MODEL,
+    STAGE_VALIDATE,
+    DeadLetter,
+)
+from transforms.decode import ExampleDecoder, dense_column, fixed_length, scalar_or_list
+from transforms.records import Record
+
+METRICS_NAMESPACE = "igbeam"
+ATTRIBUTION_PREFIX = "attr_"
+KEY_COLUMN = "key"
+RESULT_FIELDS = [
+    pa.field(KEY_COLUMN, pa.string(), nullable=False),
+    pa.field("target", pa.int64(), nullable=False),
+    pa.field("prediction", pa.float64(), nullable=False),
+    pa.field("baseline_prediction", pa.float64(), nullable=False),
+    pa.field("delta", pa.float64(), nullable=False),
+]
+
+# Models loaded per process, for tests and the run summary (the Beam counter says the same).
+_LOADS = {"count": 0}
+_LOADS_LOCK = threading.Lock()
+
+
+def model_loads_in_this_process() -> int:
+    """How many times this process built an engine (1 per process when sharing works)."""
+    return _LOADS["count"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """Everything a worker needs to build the engine: plain, picklable data (no TF objects)."""
+
+    model_path: str
+    signature: str = "serving_default"
+    safe_mode: bool = True
+    preprocess_path: str | None = None
+    features: tuple[str, ...] | None = None
+    layer: str | None = None
+    output: str | None = None
+    method: str = "gausslegendre"
+    steps: int = 50
+    baseline: Baseline = dataclasses.field(default_factory=Baseline)
+    target: Target = dataclasses.field(default_factory=Target)
+    max_rows_per_call: int = 16384
+
+    def load(self) -> LoadedEngine:
+        """Loads the model(s) and builds the compiled engine (expensive; once per process)."""
+        model = load_model(self.model_path, signature=self.signature, safe_mode=self.safe_mode)
+        preprocess = None
+        if self.preprocess_path:
+            preprocess = load_model(self.preprocess_path, safe_mode=self.safe_mode)
+        engine = IntegratedGradients(
+            model,
+            features=list(self.features) if self.features is not None else None,
+            layer=self.layer,
+            output=self.output,
+            method=self.method,
+            steps=self.steps,
+            baseline=self.baseline,
+            target=self.target,
+            max_rows_per_call=self.max_rows_per_call,
+        )
+        return LoadedEngine(model, preprocess, engine)
+
+
+class LoadedEngine:
+    """A loaded model, optional preprocessing model and compiled engine (shared per process)."""
+
+    def __init__(
+        self, model: ModelAdapter, preprocess: ModelAdapter | None, engine: IntegratedGradients
+    ) -> None:
+        self.model = model
+        self.preprocess = preprocess
+        self.engine = engine
+
+    def attributed_sizes(self) -> dict[str, int]:
+        """Output column name -> values per example (1 means a scalar column)."""
+        sizes = {}
+        for name, spec in self.engine.attributed_specs.items():
+            shape = spec.shape[1:]
+            if self.engine.layer is not None:
+                shape = shape[:-1]  # per-token scores: summed over the embedding axis
+            if not shape.is_fully_defined():
+                raise ValueError(f"attributed tensor {name!r} has no fixed shape: {shape}")
+            sizes[name] = int(np.prod(shape.as_list())) if shape.rank else 1
+        return sizes
+
+
+def _arrow_type(feature: schema_pb2.Feature) -> pa.DataType:
+    return {
+        schema_pb2.FLOAT: pa.float32(),
+        schema_pb2.INT: pa.int64(),
+        schema_pb2.BYTES: pa.string(),
+    }.get(feature.type, pa.string())
+
+
+def attribution_schema(
+    attributed_sizes: Mapping[str, int],
+    schema: schema_pb2.Schema,
+    passthrough: Sequence[str],
+) -> pa.Schema:
+    """The explicit Arrow schema of the per-example attributions output.
+
+    Columns: key, target, prediction, baseline_prediction, delta; `attr_<name>` per attributed
+    feature (float64 for a scalar, list<float64> for a vector; per-token scores for a layer); then
+    the pass-through features (a scalar when the schema fixes one value per example, else a list;
+    bytes become UTF-8 strings; null when missing).
+    """
+    fields = list(RESULT_FIELDS)
+    for name, size in attributed_sizes.items():
+        value = pa.float64() if size == 1 else pa.list_(pa.float64())
+        fields.append(pa.field(ATTRIBUTION_PREFIX + name, value, nullable=False))
+    by_name = {f.name: f for f in schema.feature}
+    for name in passthrough:
+        if name not in by_name:
+            raise ValueError(f"pass-through feature {name!r} is not in the schema")
+        value = _arrow_type(by_name[name])
+        if fixed_length(schema, name) != 1:
+            value = pa.large_list(value)
+        fields.append(pa.field(name, value, nullable=True))
+    return pa.schema(fields)
+
+
+def _to_strings(column: pa.Array) -> pa.Array:
+    """Bytes (or list of bytes) to UTF-8 strings, replacing invalid sequences."""
+
+    def convert(values: pa.Array) -> pa.Array:
+        try:
+            return values.cast(pa.large_string()).cast(pa.string())
+        except pa.ArrowInvalid:
+            return pa.array(
+                [None if v is None else v.decode("utf-8", "replace") for v in values.to_pylist()],
+                pa.string(),
+            )
+
+    if pa.types.is_large_list(column.type) or pa.types.is_list(column.type):
+        flat = convert(column.flatten())
+        return pa.LargeListArray.from_arrays(
+            column.offsets.cast(pa.int64()), flat, mask=column.is_null()
+        )
+    return convert(column)
+
+
+@dataclasses.dataclass
+class _Rows:
+    """The examples of one batch that reached the model, and what they need."""
+
+    index: np.ndarray  # positions in the decoded batch
+    keys: np.ndarray
+    inputs: dict[str, np.ndarray]
+
+
+class AttributeBatchDoFn(beam.DoFn):
+    """Decodes, validates and attributes a batch of records (`list[Record]`).
+
+    Main output: `pa.RecordBatch` with `output_schema`. Tagged output `DEAD_LETTER_TAG`:
+    `DeadLetter` for every record that was not attributed.
+    """
+
+    def __init__(
+        self,
+        spec: EngineSpec,
+        schema: schema_pb2.Schema,
+        output_schema: pa.Schema,
+        *,
+        key_feature: str | None = None,
+        passthrough: Sequence[str] = (),
+        shared_handle: shared.Shared | None = None,
+    ) -> None:
+        self._spec = spec
+        self._schema_bytes = schema.SerializeToString()
+        self._output_schema = output_schema
+        self._key_feature = key_feature
+        self._passthrough = list(passthrough)
+        self._shared = shared_handle or shared.Shared()
+        self._loaded: LoadedEngine | None = None
+        self._decoder: ExampleDecoder | None = None
+        ns = METRICS_NAMESPACE
+        self._examples = beam.metrics.Metrics.counter(ns, "examples_attributed")
+        self._batches = beam.metrics.Metrics.counter(ns, "batches")
+        self._loads = beam.metrics.Metrics.counter(ns, "model_loads")
+        self._failures = beam.metrics.Metrics.counter(ns, "model_failures")
+        self._dead = {
+            s: beam.metrics.Metrics.counter(ns, f"dead_letters_{s}")
+            for s in (STAGE_DECODE, STAGE_VALIDATE, STAGE_MODEL)
+        }
+        self._abs_delta = beam.metrics.Metrics.distribution(ns, "abs_delta_micros")
+
+    def setup(self) -> None:
+        def build() -> LoadedEngine:
+            with _LOADS_LOCK:
+                _LOADS["count"] += 1
+            self._loads.inc()
+            return self._spec.load()
+
+        self._loaded = self._shared.acquire(build, tag=repr(self._spec))
+        schema = schema_pb2.Schema.FromString(self._schema_bytes)
+        self._decoder = ExampleDecoder(schema)
+        self._schema = schema
+
+    # ----------------------------------------------------------------------------------- steps
+
+    def _dead_letter(self, record: Record, stage: str, reason: str, key: str = "") -> Any:
+        self._dead[stage].inc()
+        letter = DeadLetter(
+            record.file, record.index, record.offset, stage, reason, record.data, key
+        )
+        return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
+
+    def _keys(
+        self, batch: pa.RecordBatch, records: Sequence[Record]
+    ) -> tuple[list[str], list[str]]:
+        if self._key_feature is None:
+            return [f"{r.file}:{r.index}" for r in records], [""] * len(records)
+        column = batch.column(batch.schema.get_field_index(self._key_feature))
+        keys, reasons = [], []
+        for value in column.to_pylist():
+            if not value:
+                keys.append("")
+                reasons.append(f"key feature {self._key_feature!r} is missing")
+                continue
+            first = value[0]
+            keys.append(
+                first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first)
+            )
+            reasons.append(
+                ""
+                if len(value) == 1
+                else f"key feature {self._key_feature!r} has {len(value)} values"
+            )
+        return keys, reasons
+
+    def _model_inputs(
+        self, batch: pa.RecordBatch, serialized: list[bytes]
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        loaded = self._loaded
+        reasons = [""] * batch.num_rows
+        arrays: dict[str, np.ndarray] = {}
+        if loaded.preprocess is not None:
+            arrays, reasons = self._preprocess(serialized)
+        else:
+            for name, spec in loaded.model.input_specs.items():
+                index = batch.schema.get_field_index(name)
+                if index < 0:
+                    return {}, [f"model input {name!r} is not in the schema"] * batch.num_rows
+                shape = spec.shape[1:]
+                per = int(np.prod(shape.as_list())) if shape.rank else 1
+                values, why = dense_column(
+                    batch.column(index), per, spec.dtype.as_numpy_dtype, name
+                )
+                arrays[name] = values.reshape((batch.num_rows, *shape.as_list()))
+                reasons = [a or b for a, b in zip(reasons, why, strict=True)]
+        target = loaded.engine.target
+        if target.kind == "label" and target.feature not in arrays:
+            index = batch.schema.get_field_index(target.feature)
+            if index < 0:
+                return {}, [
+                    f"label feature {target.feature!r} is not in the schema"
+                ] * batch.num_rows
+            values, why = dense_column(batch.column(index), 1, np.int64, target.feature)
+            arrays[target.feature] = values
+            reasons = [a or b for a, b in zip(reasons, why, strict=True)]
+        return arrays, reasons
+
+    def _preprocess(self, serialized: list[bytes]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Runs the preprocessing model; isolates records on which it fails."""
+        pre = self._loaded.preprocess
+        name = next(iter(pre.input_specs))
+        wanted = list(self._loaded.model.input_specs)
+
+        def run(records: list[bytes]) -> dict[str, np.ndarray]:
+            out = pre({name: np.array(records, dtype=object)})
+            if set(wanted) <= set(out):
+                return {k: np.asarray(out[k]) for k in wanted}
+            if len(wanted) == 1 and len(out) == 1:
+                return {wanted[0]: np.asarray(next(iter(out.values())))}
+            raise ValueError(
+                f"preprocessing outputs {sorted(out)} do not provide the model inputs {wanted}"
+            )
+
+        try:
+            return run(serialized), [""] * len(serialized)
+        except ValueError:
+            raise
+        except Exception:  # noqa: BLE001 - isolate the failing records below
+            pass
+        parts, reasons = [], []
+        for record in serialized:
+            try:
+                parts.append(run([record]))
+                reasons.append("")
+            except Exception as err:  # noqa: BLE001 - reported as a dead letter
+                parts.append(None)
+                reasons.append(f"preprocessing failed: {_short(err)}")
+        template = next((p for p in parts if p is not None), None)
+        if template is None:
+            return {k: np.zeros((len(serialized), 0)) for k in wanted}, reasons
+        arrays = {
+            k: np.concatenate(
+                [p[k] if p is not None else np.zeros_like(template[k]) for p in parts]
+            )
+            for k in wanted
+        }
+        return arrays, reasons
+
+    def _attribute(self, rows: _Rows) -> Iterator[tuple[np.ndarray, Any, str]]:
+        """Yields (positions, Attribution or None, reason); splits failing batches in halves."""
+        engine = self._loaded.engine
+        try:
+            result = engine.attribute(rows.inputs, keys=rows.keys)
+            finite = np.isfinite(result.predictions).all() and np.isfinite(result.deltas).all()
+            if not finite:
+                raise FloatingPointError("the model produced NaN or Inf outputs or gradients")
+            yield rows.index, result, ""
+            return
+        except Exception as err:  # noqa: BLE001 - every failure is retried or dead-lettered
+            self._failures.inc()
+            if len(rows.index) == 1:
+                yield rows.index, None, f"model failed: {_short(err)}"
+                return
+        half = len(rows.index) // 2
+        for part in (slice(0, half), slice(half, None)):
+            yield from self._attribute(
+                _Rows(
+                    rows.index[part], rows.keys[part], {k: v[part] for k, v in rows.inputs.items()}
+                )
+            )
+
+    def _result_batch(
+        self, batch: pa.RecordBatch, index: np.ndarray, keys: np.ndarray, result: Any
+    ) -> pa.RecordBatch:
+        columns: dict[str, pa.Array] = {
+            KEY_COLUMN: pa.array(list(keys), pa.string()),
+            "target": pa.array(result.targets, pa.int64()),
+            "prediction": pa.array(result.predictions, pa.float64()),
+            "baseline_prediction": pa.array(result.baseline_predictions, pa.float64()),
+            "delta": pa.array(result.deltas, pa.float64()),
+        }
+        attributions = result.attributions
+        if not isinstance(attributions, Mapping):
+            attributions = {next(iter(self._loaded.engine.attributed_specs)): attributions}
+        if result.layer_scores is not None:
+            attributions = {self._loaded.engine.layer: result.layer_scores}
+        n = len(index)
+        for name, values in attributions.items():
+            field = self._output_schema.field(ATTRIBUTION_PREFIX + name)
+            flat = np.asarray(values, np.float64).reshape(n, -1)
+            if pa.types.is_list(field.type):
+                size = flat.shape[1]
+                offsets = pa.array(np.arange(0, (n + 1) * size, size, dtype=np.int32))
+                columns[field.name] = pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)))
+            else:
+                columns[field.name] = pa.array(flat[:, 0])
+        take = pa.array(index)
+        for name in self._passthrough:
+            column = batch.column(batch.schema.get_field_index(name)).take(take)
+            field = self._output_schema.field(name)
+            single = not pa.types.is_large_list(field.type)
+            value_type = field.type if single else field.type.value_type
+            if pa.types.is_string(value_type):
+                column = _to_strings(column)
+            column = scalar_or_list(column, single)
+            columns[name] = column.cast(field.type)
+        return pa.RecordBatch.from_arrays(
+            [columns[f.name] for f in self._output_schema], schema=self._output_schema
+        )
+
+    # --------------------------------------------------------------------------------- process
+
+    def process(self, records: Sequence[Record]) -> Iterator[Any]:
+        records = list(records)
+        self._batches.inc()
+        serialized = [r.data for r in records]
+        batch, good, reasons = self._decoder.decode(serialized)
+        for i, reason in enumerate(reasons):
+            if reason:
+                yield self._dead_letter(records[i], STAGE_DECODE, reason)
+        good_records = [records[i] for i in good]
+        if not good_records:
+            return
+        keys, key_reasons = self._keys(batch, good_records)
+        inputs, input_reasons = self._model_inputs(batch, [r.data for r in good_records])
+        usable = []
+        for pos, record in enumerate(good_records):
+            reason = key_reasons[pos] or input_reasons[pos]
+            if reason:
+                yield self._dead_letter(record, STAGE_VALIDATE, reason, keys[pos])
+            else:
+                usable.append(pos)
+        if not usable:
+            return
+        usable = np.array(usable)
+        rows = _Rows(
+            usable, np.array(keys, dtype=object)[usable], {k: v[usable] for k, v in inputs.items()}
+        )
+        for positions, result, reason in self._attribute(rows):
+            if result is None:
+                for pos in positions:
+                    yield self._dead_letter(good_records[pos], STAGE_MODEL, reason, keys[pos])
+                continue
+            self._examples.inc(len(positions))
+            for d in np.abs(result.deltas):
+                self._abs_delta.update(int(min(d, 1e12) * 1e6))
+            yield self._result_batch(
+                batch, positions, np.array(keys, dtype=object)[positions], result
+            )
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    text = text or type(err).__name__
+    return text[:300]
+
+
+class AttributeRecords(beam.PTransform):
+    """Batches records and attributes them: PCollection[Record] -> (results, dead letters).
+
+    Returns a `DoOutputsTuple` whose main output holds `pa.RecordBatch` per-example results and
+    whose `DEAD_LETTER_TAG` output holds `DeadLetter`s.
+    """
+
+    def __init__(
+        self,
+        spec: EngineSpec,
+        schema: schema_pb2.Schema,
+        output_schema: pa.Schema,
+        *,
+        batch_size: int,
+        key_feature: str | None = None,
+        passthrough: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self._spec = spec
+        self._schema = schema
+        self._output_schema = output_schema
+        self._batch_size = batch_size
+        self._key_feature = key_feature
+        self._passthrough = passthrough
+
+    def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        fn = AttributeBatchDoFn(
+            self._spec,
+            self._schema,
+            self._output_schema,
+            key_feature=self._key_feature,
+            passthrough=self._passthrough,
+        )
+        return (
+            records
+            | "BatchRecords"
+            >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+            | "Attribute" >> beam.ParDo(fn).with_outputs(DEAD_LETTER_TAG, main="results")
+        )
