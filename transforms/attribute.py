@@ -219,9 +219,11 @@ class AttributeBatchDoFn(beam.DoFn):
         def build() -> LoadedEngine:
             with _LOADS_LOCK:
                 _LOADS["count"] += 1
-            self._loads.inc()
+            # Metrics updated in setup() are not attributed to a step: count it in process().
+            self._load_to_report = True
             return self._spec.load()
 
+        self._load_to_report = False
         self._loaded = self._shared.acquire(build, tag=repr(self._spec))
         schema = schema_pb2.Schema.FromString(self._schema_bytes)
         self._decoder = ExampleDecoder(schema)
@@ -398,6 +400,9 @@ class AttributeBatchDoFn(beam.DoFn):
 
     def process(self, records: Sequence[Record]) -> Iterator[Any]:
         records = list(records)
+        if self._load_to_report:
+            self._loads.inc()
+            self._load_to_report = False
         self._batches.inc()
         serialized = [r.data for r in records]
         batch, good, reasons = self._decoder.decode(serialized)
