@@ -17,8 +17,9 @@ import sys
 from collections.abc import Sequence
 
 EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+EXIT_FAILED = 1  # the pipeline failed, or the accounting invariant did not hold
+EXIT_USAGE = 2  # bad config or an early check failed; nothing ran
+EXIT_DEAD_LETTERS = 3  # outputs written, but too many records were dead-lettered
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key (dotted path, YAML value); repeatable",
     )
+    run.add_argument(
+        "--max-dead-letter-fraction",
+        type=float,
+        default=None,
+        help="exit 3 when more than this fraction of records is dead-lettered "
+        "(overrides the config's max_dead_letter_fraction, default 0.01)",
+    )
     run.add_argument("--verbose", action="store_true", help="stack traces and Beam logs")
     return parser
 
@@ -45,22 +53,30 @@ def _fail(message: str) -> int:
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipeline.config import ConfigError, load_config
-    from pipeline.job import JobError, plan_job, run_job
+    from pipeline.job import DeadLetterThresholdError, JobError, plan_job, run_job
 
+    overrides = list(args.overrides)
+    if args.max_dead_letter_fraction is not None:
+        overrides.append(f"max_dead_letter_fraction={args.max_dead_letter_fraction!r}")
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, overrides)
     except ConfigError as err:
         return _fail(f"{args.config}: {err}")
     try:
         plan = plan_job(config)
     except JobError as err:
         return _fail(str(err))
-    summary = run_job(config, beam_args, plan=plan)
+    try:
+        summary = run_job(config, beam_args, plan=plan)
+    except DeadLetterThresholdError as err:
+        print(f"igbeam: error: {err}", file=sys.stderr)
+        return EXIT_DEAD_LETTERS
     counts = summary["counts"]
     print(f"igbeam: wrote {summary['output']}")
     print(
         f"  examples attributed: {counts['examples_attributed']}, dead letters: "
-        f"{counts['dead_letters']}, files read: {counts['input_files']}"
+        f"{counts['dead_letters']}, records read: {counts['records_read']}, "
+        f"duplicate keys: {counts['duplicate_keys']}, files: {counts['input_files']}"
     )
     print(
         f"  wall time: {summary['wall_seconds']:.1f}s "

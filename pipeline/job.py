@@ -5,6 +5,7 @@ Layout of `output.path`:
   statistics/features.parquet   per slice and feature (`transforms.statistics`)
   statistics/slices.parquet     per slice
   dead_letter/part-*.parquet    records not attributed, with reason and raw bytes
+  duplicate_keys/*.parquet      example keys seen more than once (reported, not dropped)
   schema.pbtxt                  the TFMD schema used (inferred when the config has none)
   summary.json                  counts, resolved config, versions, wall time, examples/s
   _SUCCESS                      written last; a failed run never leaves one
@@ -51,7 +52,32 @@ from transforms.statistics import (
 
 SCHEMA_SAMPLE_RECORDS = 1000
 STATS_EPSILON = 0.005
-OUTPUT_PARTS = ("attributions", "statistics", "dead_letter", "schema.pbtxt", "summary.json")
+OUTPUT_PARTS = (
+    "attributions",
+    "statistics",
+    "dead_letter",
+    "duplicate_keys",
+    "schema.pbtxt",
+    "summary.json",
+)
+DUPLICATE_KEYS_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+    ]
+)
+
+
+class DeadLetterThresholdError(RuntimeError):
+    """More records were dead-lettered than `max_dead_letter_fraction` allows (outputs written)."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class AccountingError(RuntimeError):
+    """records read != examples attributed + records dead-lettered: something was lost."""
 
 
 class JobError(ValueError):
@@ -272,6 +298,19 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         | "WriteStatistics" >> beam.ParDo(_WriteStatistics(_join(out, "statistics")))
     )
     _ = (
+        results
+        | "ExtractKeys" >> beam.FlatMap(lambda batch: batch.column("key").to_pylist())
+        | "CountKeys" >> beam.combiners.Count.PerElement()
+        | "KeepDuplicates" >> beam.Filter(lambda kv: kv[1] > 1)
+        | "DuplicateRows" >> beam.MapTuple(lambda key, count: {"key": key, "count": count})
+        | "WriteDuplicateKeys"
+        >> beam.io.WriteToParquet(
+            _join(out, "duplicate_keys", "part"),
+            DUPLICATE_KEYS_SCHEMA,
+            file_name_suffix=".parquet",
+        )
+    )
+    _ = (
         (read.dead_letters, attributed[DEAD_LETTER_TAG])
         | "FlattenDeadLetters" >> beam.Flatten()
         | "DeadLetterRows" >> beam.Map(dead_letter_to_row)
@@ -348,6 +387,7 @@ def run_job(
         raise RuntimeError(f"pipeline finished in state {state}")
     _ensure_file(_join(out, "attributions"), plan.output_schema)
     _ensure_file(_join(out, "dead_letter"), DEAD_LETTER_SCHEMA)
+    _ensure_file(_join(out, "duplicate_keys"), DUPLICATE_KEYS_SCHEMA)
     if not FileSystems.exists(_join(out, "statistics", "features.parquet")):
         _write_parquet_file(
             _join(out, "statistics", "features.parquet"), FEATURE_STATS_SCHEMA.empty_table()
@@ -357,17 +397,36 @@ def run_job(
         )
     attributed_rows, attribution_files = _parquet_rows(_join(out, "attributions", "*.parquet"))
     dead_rows, _ = _parquet_rows(_join(out, "dead_letter", "*.parquet"))
+    duplicate_rows, _ = _parquet_rows(_join(out, "duplicate_keys", "*.parquet"))
     counters = _counters(result)
+    accounting = _accounting(counters, attributed_rows, dead_rows)
     wall = time.time() - start
+    dead_by_stage = {
+        stage: (counters or {}).get(name, 0)
+        for stage, name in (
+            ("read", "read_dead_letters"),
+            ("decode", "dead_letters_decode"),
+            ("validate", "dead_letters_validate"),
+            ("model", "dead_letters_model"),
+        )
+    }
+    records = accounting["records_read"]
+    fraction = dead_rows / records if records else 0.0
     summary = {
         "status": "succeeded",
         "output": out,
         "counts": {
             "input_files": len(plan.files),
+            "records_read": records,
             "examples_attributed": attributed_rows,
             "dead_letters": dead_rows,
+            "dead_letters_by_stage": dead_by_stage,
+            "dead_letter_fraction": round(fraction, 6),
+            "duplicate_keys": duplicate_rows,
             "attribution_files": len(attribution_files),
         },
+        "accounting": accounting,
+        "max_dead_letter_fraction": config.max_dead_letter_fraction,
         "metrics": counters,
         "wall_seconds": round(wall, 3),
         "examples_per_second": round(attributed_rows / wall, 2) if wall > 0 else None,
@@ -376,8 +435,40 @@ def run_job(
         "versions": _versions(),
         "beam_args": list(beam_args),
     }
+    failure = None
+    if accounting["balanced"] is False:
+        failure = AccountingError(
+            f"accounting mismatch: {records} records read but {attributed_rows} attributed + "
+            f"{dead_rows} dead-lettered"
+        )
+        summary["status"] = "failed_accounting"
+    elif fraction > config.max_dead_letter_fraction:
+        failure = DeadLetterThresholdError(
+            f"{dead_rows} of {records} records ({fraction:.2%}) were dead-lettered, above "
+            f"max_dead_letter_fraction {config.max_dead_letter_fraction:.2%}; see "
+            f"{_join(out, 'dead_letter')}",
+            summary,
+        )
+        summary["status"] = "failed_dead_letter_threshold"
+    summary["failure"] = str(failure) if failure else None
     with FileSystems.create(_join(out, "summary.json")) as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
+    if failure is not None:
+        raise failure
     with FileSystems.create(_join(out, "_SUCCESS")) as f:
         f.write(b"")
     return summary
+
+
+def _accounting(counters: dict[str, int] | None, attributed: int, dead: int) -> dict[str, Any]:
+    """records read (good frames + damaged frames/spans) vs attributed + dead-lettered."""
+    if counters is None:  # a runner without metrics: the invariant cannot be checked
+        return {"records_read": attributed + dead, "balanced": None, "checked": False}
+    read = counters.get("records_read", 0) + counters.get("read_dead_letters", 0)
+    return {
+        "records_read": read,
+        "examples_attributed": attributed,
+        "dead_lettered": dead,
+        "balanced": read == attributed + dead,
+        "checked": True,
+    }

@@ -213,10 +213,12 @@ def test_missing_features_are_dead_lettered_or_null(tabular, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     _write_examples(data / "part-0.tfrecord", rows)
-    raw = job_config(root, tmp_path / "out")
+    raw = job_config(root, tmp_path / "out", max_dead_letter_fraction=0.5)
     raw["input"]["pattern"] = str(data / "*.tfrecord")
     summary = run_job(parse_config(raw))
     assert summary["counts"]["examples_attributed"] == 8
+    assert summary["counts"]["dead_letters_by_stage"]["validate"] == 2
+    assert summary["accounting"]["balanced"] is True
     assert summary["counts"]["dead_letters"] == 2
     frame = read_attributions(tmp_path / "out").set_index("key")
     assert "m2" not in frame.index and "m5" not in frame.index
