@@ -945,12 +945,6 @@ def _parse_job(raw: dict[str, Any]) -> JobConfig:
             )
     attribution = _parse_attribution(raw)
     batching = _parse_batching(raw)
-    if batching.max_rows_per_call < attribution.steps:
-        raise ConfigError(
-            f"must be >= attribution.steps ({attribution.steps}) so one example's path fits in "
-            f"a call, got {batching.max_rows_per_call}",
-            "batching.max_rows_per_call",
-        )
     slices = _parse_slices(raw.get("slices"), passthrough)
     output = _parse_output(raw)
     fraction = _get(raw, "max_dead_letter_fraction", 0.01)
