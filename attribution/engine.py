@@ -57,7 +57,7 @@ class Attribution:
         return len(self.predictions)
 
 
-def _rows_per_chunk(steps: int, max_rows: int) -> tuple[int, int]:
+def rows_per_chunk(steps: int, max_rows: int) -> tuple[int, int]:
     """(examples per gradient call, path points per gradient call) for a row bound."""
     if steps <= max_rows:
         return max(1, max_rows // steps), steps
@@ -172,23 +172,23 @@ class IntegratedGradients:
         attr_sig = {n: s for n, s in self.attributed_specs.items()}
         rows = tf.TensorSpec([None], tf.int32)
         path = tf.TensorSpec([None], tf.float64)  # cast to each tensor's dtype
-        self._embed_fn = tf.function(self._embed, input_signature=[inputs_sig])
+        self._embed_fn = tf.function(self.embed, input_signature=[inputs_sig])
         self._forward_fn = tf.function(
-            self._selected_output, input_signature=[inputs_sig, attr_sig]
+            self.selected_output, input_signature=[inputs_sig, attr_sig]
         )
         self._grad_fn = tf.function(
-            self._grad_sum, input_signature=[inputs_sig, attr_sig, attr_sig, rows, path, path]
+            self.grad_sum, input_signature=[inputs_sig, attr_sig, attr_sig, rows, path, path]
         )
 
     # ------------------------------------------------------------------------ graph functions
 
-    def _embed(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def embed(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """The attributed tensors of an input batch (the inputs themselves, or the layer output)."""
         if self._front is not None:
             return {self.layer: self._front(inputs)}
         return {n: inputs[n] for n in self.attributed_specs}
 
-    def _selected_output(self, inputs: dict[str, tf.Tensor], attributed: dict) -> tf.Tensor:
+    def selected_output(self, inputs: dict[str, tf.Tensor], attributed: dict) -> tf.Tensor:
         """The explained output as [N, C] from the inputs with the attributed tensors replaced."""
         if self._front is not None:
             outputs = self._head(inputs, attributed[self.layer])
@@ -200,7 +200,7 @@ class IntegratedGradients:
         out = tf.convert_to_tensor(out)
         return tf.reshape(out, [tf.shape(out)[0], -1])
 
-    def _grad_sum(
+    def grad_sum(
         self,
         inputs: dict,
         x: dict,
@@ -226,7 +226,7 @@ class IntegratedGradients:
         tiled = {name: tile(t) for name, t in inputs.items() if name not in points}
         with tf.GradientTape() as tape:
             tape.watch(list(points.values()))
-            out = self._selected_output(tiled, points)
+            out = self.selected_output(tiled, points)
             chosen = tile(targets)
             f = tf.gather(out, chosen, axis=1, batch_dims=1)
         grads = tape.gradient(f, points, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -443,7 +443,7 @@ class IntegratedGradients:
 
     def _gradient_rows(self, inputs: dict, x: dict, base: dict, targets: np.ndarray) -> dict:
         n = len(targets)
-        examples, points = _rows_per_chunk(self.steps, self.max_rows_per_call)
+        examples, points = rows_per_chunk(self.steps, self.max_rows_per_call)
         alphas, weights = self.alphas, self.weights
         sums = {k: np.zeros(v.shape, np.float64) for k, v in x.items()}
         for start in range(0, n, examples):
