@@ -1,6 +1,7 @@
 """The `igbeam` command line.
 
   igbeam run --config configs/NAME.yaml [--set key=value ...] [Beam options ...]
+  igbeam export --config configs/NAME.yaml --out DIR [--subdirectory NAME] [--output-name NAME]
 
 Unknown options are handed to Beam untouched (`--runner`, `--direct_num_workers`,
 `--temp_location`, `--setup_file`, ...), so the same command runs on the DirectRunner, Dataflow or
@@ -43,6 +44,24 @@ def _parser() -> argparse.ArgumentParser:
         "(overrides the config's max_dead_letter_fraction, default 0.01)",
     )
     run.add_argument("--verbose", action="store_true", help="stack traces and Beam logs")
+    export = sub.add_parser(
+        "export",
+        help="write a SavedModel with serving_default and integrated_gradients signatures",
+    )
+    export.add_argument("--config", required=True, help="the job's YAML config")
+    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    export.add_argument("--out", required=True, help="export directory")
+    export.add_argument("--subdirectory", default=None, help="write into OUT/SUBDIRECTORY")
+    export.add_argument(
+        "--output-name", default="attributions", help="attributions output prefix (TF-GNN's)"
+    )
+    export.add_argument(
+        "--key-feature",
+        default=None,
+        help="with a preprocessing model and random_uniform baselines: the preprocessing output "
+        "holding each example's key (else the signatures take a `keys` input)",
+    )
+    export.add_argument("--verbose", action="store_true", help="stack traces")
     return parser
 
 
@@ -85,6 +104,37 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    from attribution.export import export_integrated_gradients
+    from attribution.models import ModelLoadError
+    from pipeline.config import ConfigError, load_config
+    from pipeline.job import engine_spec
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        return _fail(f"{args.config}: {err}")
+    try:
+        loaded = engine_spec(config).load()
+    except (ModelLoadError, ValueError) as err:
+        return _fail(f"model: {err}")
+    if not hasattr(loaded, "engine"):
+        return _fail("model: the model is already an igbeam export; export the trained model")
+    out = os.path.join(args.out, args.subdirectory) if args.subdirectory else args.out
+    try:
+        export_integrated_gradients(
+            loaded.engine,
+            out,
+            preprocess=loaded.preprocess,
+            key_feature=args.key_feature,
+            output_name=args.output_name,
+        )
+    except ValueError as err:
+        return _fail(f"export: {err}")
+    print(f"igbeam: exported serving_default and integrated_gradients to {out}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `igbeam` console script; returns the exit code."""
     args, beam_args = _parser().parse_known_args(argv)
@@ -93,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args, beam_args)
+        if beam_args:
+            return _fail(f"unrecognized arguments: {' '.join(beam_args)}")
+        if args.command == "export":
+            return _export(args)
     except Exception as err:
         if args.verbose:
             raise

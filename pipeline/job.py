@@ -174,13 +174,12 @@ def plan_job(config: JobConfig) -> Plan:
     except ValueError as err:
         raise JobError(f"attribution: {err}") from err
     in_schema = set(feature_names(schema))
-    if loaded.preprocess is None:
-        missing = [n for n in loaded.model.input_specs if n not in in_schema]
-        if missing:
-            raise JobError(
-                f"features: model inputs {missing} are not in the schema "
-                f"(schema features: {', '.join(sorted(in_schema))})"
-            )
+    missing = [n for n in loaded.feature_specs if n not in in_schema]
+    if missing:
+        raise JobError(
+            f"features: model inputs {missing} are not in the schema "
+            f"(schema features: {', '.join(sorted(in_schema))})"
+        )
     for name in (*config.passthrough, config.input.key, config.attribution.target.feature):
         if name is not None and name not in in_schema:
             raise JobError(f"feature {name!r} is not in the schema")

@@ -20,10 +20,14 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import tensorflow as tf
 from apache_beam.utils import shared
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from attribution import Baseline, IntegratedGradients, ModelAdapter, Target, load_model
+from attribution.engine import Attribution
+from attribution.exported import SIGNATURE as EXPORT_SIGNATURE
+from attribution.exported import ExportedAttributor
 from transforms.dead_letters import (
     DEAD_LETTER_TAG,
     STAGE_DECODE,
@@ -72,8 +76,14 @@ class EngineSpec:
     target: Target = dataclasses.field(default_factory=Target)
     max_rows_per_call: int = 16384
 
-    def load(self) -> LoadedEngine:
-        """Loads the model(s) and builds the compiled engine (expensive; once per process)."""
+    def load(self) -> LoadedEngine | LoadedExport:
+        """Loads the model(s) and builds the compiled engine (expensive; once per process).
+
+        With `signature: integrated_gradients` the model is an igbeam export: only the SavedModel
+        is loaded and its signature called (every engine setting is baked into it).
+        """
+        if self.signature == EXPORT_SIGNATURE:
+            return LoadedExport(ExportedAttributor(self.model_path))
         model = load_model(self.model_path, signature=self.signature, safe_mode=self.safe_mode)
         preprocess = None
         if self.preprocess_path:
@@ -92,8 +102,18 @@ class EngineSpec:
         return LoadedEngine(model, preprocess, engine)
 
 
+def _size(name: str, shape: tf.TensorShape) -> int:
+    if not shape.is_fully_defined():
+        raise ValueError(f"attributed tensor {name!r} has no fixed shape: {shape}")
+    return int(np.prod(shape.as_list())) if shape.rank else 1
+
+
 class LoadedEngine:
-    """A loaded model, optional preprocessing model and compiled engine (shared per process)."""
+    """A loaded model, optional preprocessing model and compiled engine (shared per process).
+
+    The DoFn sees only this interface (shared with `LoadedExport`): which features to read from
+    the examples (`feature_specs`), whether serialized examples are needed, and `attribute`.
+    """
 
     def __init__(
         self, model: ModelAdapter, preprocess: ModelAdapter | None, engine: IntegratedGradients
@@ -101,18 +121,66 @@ class LoadedEngine:
         self.model = model
         self.preprocess = preprocess
         self.engine = engine
+        self.layer = engine.layer
+        self.attributed_names = list(engine.attributed_specs)
+        self.needs_serialized = preprocess is not None
+        specs = {} if preprocess is not None else dict(model.input_specs)
+        target = engine.target
+        if target.kind == "label" and target.feature not in specs:
+            specs[target.feature] = tf.TensorSpec([None, 1], tf.int64, name=target.feature)
+        self.feature_specs = specs
 
     def attributed_sizes(self) -> dict[str, int]:
         """Output column name -> values per example (1 means a scalar column)."""
         sizes = {}
         for name, spec in self.engine.attributed_specs.items():
             shape = spec.shape[1:]
-            if self.engine.layer is not None:
+            if self.layer is not None:
                 shape = shape[:-1]  # per-token scores: summed over the embedding axis
-            if not shape.is_fully_defined():
-                raise ValueError(f"attributed tensor {name!r} has no fixed shape: {shape}")
-            sizes[name] = int(np.prod(shape.as_list())) if shape.rank else 1
+            sizes[name] = _size(name, shape)
         return sizes
+
+    def attribute(
+        self, arrays: dict[str, np.ndarray], keys: np.ndarray, serialized: list[bytes]
+    ) -> Attribution:
+        """Runs the preprocessing model (if any) and the engine on one batch."""
+        inputs = dict(arrays)
+        if self.preprocess is not None:
+            inputs.update(self._preprocess(serialized))
+        return self.engine.attribute(inputs, keys=keys)
+
+    def _preprocess(self, serialized: list[bytes]) -> dict[str, np.ndarray]:
+        name = next(iter(self.preprocess.input_specs))
+        wanted = list(self.model.input_specs)
+        out = self.preprocess({name: tf.constant(serialized, tf.string)})
+        if set(wanted) <= set(out):
+            return {k: out[k].numpy() for k in wanted}
+        if len(wanted) == 1 and len(out) == 1:
+            return {wanted[0]: next(iter(out.values())).numpy()}
+        raise ValueError(
+            f"preprocessing outputs {sorted(out)} do not provide the model inputs {wanted}"
+        )
+
+
+class LoadedExport:
+    """An igbeam export's `integrated_gradients` signature behind the `LoadedEngine` interface."""
+
+    def __init__(self, exported: ExportedAttributor) -> None:
+        self.exported = exported
+        self.layer = exported.layer
+        self.attributed_names = list(exported.attributed_names)
+        self.needs_serialized = exported.takes_examples
+        self.feature_specs = dict(exported.feature_specs)
+
+    def attributed_sizes(self) -> dict[str, int]:
+        """Output column name -> values per example (1 means a scalar column)."""
+        return {n: _size(n, self.exported.output_shape(n)) for n in self.attributed_names}
+
+    def attribute(
+        self, arrays: dict[str, np.ndarray], keys: np.ndarray, serialized: list[bytes]
+    ) -> Attribution:
+        """Calls the exported signature on one batch."""
+        return self.exported.attribute(arrays, keys=keys, examples=serialized)
 
 
 def _arrow_type(feature: schema_pb2.Feature) -> pa.DataType:
@@ -177,6 +245,16 @@ class _Rows:
     index: np.ndarray  # positions in the decoded batch
     keys: np.ndarray
     inputs: dict[str, np.ndarray]
+    serialized: list[bytes]
+
+    def part(self, s: slice) -> _Rows:
+        """The rows in `s`."""
+        return _Rows(
+            self.index[s],
+            self.keys[s],
+            {k: v[s] for k, v in self.inputs.items()},
+            self.serialized[s],
+        )
 
 
 class AttributeBatchDoFn(beam.DoFn):
@@ -202,7 +280,7 @@ class AttributeBatchDoFn(beam.DoFn):
         self._key_feature = key_feature
         self._passthrough = list(passthrough)
         self._shared = shared_handle or shared.Shared()
-        self._loaded: LoadedEngine | None = None
+        self._loaded: LoadedEngine | LoadedExport | None = None
         self._decoder: ExampleDecoder | None = None
         ns = METRICS_NAMESPACE
         self._examples = beam.metrics.Metrics.counter(ns, "examples_attributed")
@@ -261,84 +339,25 @@ class AttributeBatchDoFn(beam.DoFn):
             )
         return keys, reasons
 
-    def _model_inputs(
-        self, batch: pa.RecordBatch, serialized: list[bytes]
-    ) -> tuple[dict[str, np.ndarray], list[str]]:
-        loaded = self._loaded
+    def _features(self, batch: pa.RecordBatch) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Dense arrays of the features the model reads, and a reason per unusable row."""
         reasons = [""] * batch.num_rows
         arrays: dict[str, np.ndarray] = {}
-        if loaded.preprocess is not None:
-            arrays, reasons = self._preprocess(serialized)
-        else:
-            for name, spec in loaded.model.input_specs.items():
-                index = batch.schema.get_field_index(name)
-                if index < 0:
-                    return {}, [f"model input {name!r} is not in the schema"] * batch.num_rows
-                shape = spec.shape[1:]
-                per = int(np.prod(shape.as_list())) if shape.rank else 1
-                values, why = dense_column(
-                    batch.column(index), per, spec.dtype.as_numpy_dtype, name
-                )
-                arrays[name] = values.reshape((batch.num_rows, *shape.as_list()))
-                reasons = [a or b for a, b in zip(reasons, why, strict=True)]
-        target = loaded.engine.target
-        if target.kind == "label" and target.feature not in arrays:
-            index = batch.schema.get_field_index(target.feature)
+        for name, spec in self._loaded.feature_specs.items():
+            index = batch.schema.get_field_index(name)
             if index < 0:
-                return {}, [
-                    f"label feature {target.feature!r} is not in the schema"
-                ] * batch.num_rows
-            values, why = dense_column(batch.column(index), 1, np.int64, target.feature)
-            arrays[target.feature] = values
+                return {}, [f"feature {name!r} is not in the schema"] * batch.num_rows
+            shape = spec.shape[1:]
+            per = int(np.prod(shape.as_list())) if shape.rank else 1
+            values, why = dense_column(batch.column(index), per, spec.dtype.as_numpy_dtype, name)
+            arrays[name] = values.reshape((batch.num_rows, *shape.as_list()))
             reasons = [a or b for a, b in zip(reasons, why, strict=True)]
-        return arrays, reasons
-
-    def _preprocess(self, serialized: list[bytes]) -> tuple[dict[str, np.ndarray], list[str]]:
-        """Runs the preprocessing model; isolates records on which it fails."""
-        pre = self._loaded.preprocess
-        name = next(iter(pre.input_specs))
-        wanted = list(self._loaded.model.input_specs)
-
-        def run(records: list[bytes]) -> dict[str, np.ndarray]:
-            out = pre({name: np.array(records, dtype=object)})
-            if set(wanted) <= set(out):
-                return {k: np.asarray(out[k]) for k in wanted}
-            if len(wanted) == 1 and len(out) == 1:
-                return {wanted[0]: np.asarray(next(iter(out.values())))}
-            raise ValueError(
-                f"preprocessing outputs {sorted(out)} do not provide the model inputs {wanted}"
-            )
-
-        try:
-            return run(serialized), [""] * len(serialized)
-        except ValueError:
-            raise
-        except Exception:  # noqa: BLE001 - isolate the failing records below
-            pass
-        parts, reasons = [], []
-        for record in serialized:
-            try:
-                parts.append(run([record]))
-                reasons.append("")
-            except Exception as err:  # noqa: BLE001 - reported as a dead letter
-                parts.append(None)
-                reasons.append(f"preprocessing failed: {_short(err)}")
-        template = next((p for p in parts if p is not None), None)
-        if template is None:
-            return {k: np.zeros((len(serialized), 0)) for k in wanted}, reasons
-        arrays = {
-            k: np.concatenate(
-                [p[k] if p is not None else np.zeros_like(template[k]) for p in parts]
-            )
-            for k in wanted
-        }
         return arrays, reasons
 
     def _attribute(self, rows: _Rows) -> Iterator[tuple[np.ndarray, Any, str]]:
         """Yields (positions, Attribution or None, reason); splits failing batches in halves."""
-        engine = self._loaded.engine
         try:
-            result = engine.attribute(rows.inputs, keys=rows.keys)
+            result = self._loaded.attribute(rows.inputs, rows.keys, rows.serialized)
             finite = np.isfinite(result.predictions).all() and np.isfinite(result.deltas).all()
             if not finite:
                 raise FloatingPointError("the model produced NaN or Inf outputs or gradients")
@@ -350,12 +369,8 @@ class AttributeBatchDoFn(beam.DoFn):
                 yield rows.index, None, f"model failed: {_short(err)}"
                 return
         half = len(rows.index) // 2
-        for part in (slice(0, half), slice(half, None)):
-            yield from self._attribute(
-                _Rows(
-                    rows.index[part], rows.keys[part], {k: v[part] for k, v in rows.inputs.items()}
-                )
-            )
+        yield from self._attribute(rows.part(slice(0, half)))
+        yield from self._attribute(rows.part(slice(half, None)))
 
     def _result_batch(
         self, batch: pa.RecordBatch, index: np.ndarray, keys: np.ndarray, result: Any
@@ -369,9 +384,9 @@ class AttributeBatchDoFn(beam.DoFn):
         }
         attributions = result.attributions
         if not isinstance(attributions, Mapping):
-            attributions = {next(iter(self._loaded.engine.attributed_specs)): attributions}
+            attributions = {self._loaded.attributed_names[0]: attributions}
         if result.layer_scores is not None:
-            attributions = {self._loaded.engine.layer: result.layer_scores}
+            attributions = {self._loaded.layer: result.layer_scores}
         n = len(index)
         for name, values in attributions.items():
             field = self._output_schema.field(ATTRIBUTION_PREFIX + name)
@@ -413,7 +428,7 @@ class AttributeBatchDoFn(beam.DoFn):
         if not good_records:
             return
         keys, key_reasons = self._keys(batch, good_records)
-        inputs, input_reasons = self._model_inputs(batch, [r.data for r in good_records])
+        inputs, input_reasons = self._features(batch)
         usable = []
         for pos, record in enumerate(good_records):
             reason = key_reasons[pos] or input_reasons[pos]
@@ -424,8 +439,12 @@ class AttributeBatchDoFn(beam.DoFn):
         if not usable:
             return
         usable = np.array(usable)
+        serialized = [good_records[i].data for i in usable] if self._loaded.needs_serialized else []
         rows = _Rows(
-            usable, np.array(keys, dtype=object)[usable], {k: v[usable] for k, v in inputs.items()}
+            usable,
+            np.array(keys, dtype=object)[usable],
+            {k: v[usable] for k, v in inputs.items()},
+            serialized,
         )
         for positions, result, reason in self._attribute(rows):
             if result is None:
