@@ -61,6 +61,7 @@ def infer_schema(records: Sequence[bytes]) -> schema_pb2.Schema:
         try:
             batches.append(decoder.DecodeBatch([record]))
         except RuntimeError:
+            decoder = example_coder.ExamplesToRecordBatchDecoder()  # a failure breaks it
             continue
     if not batches:
         raise ValueError("cannot infer a schema: none of the sample records is a tf.train.Example")
@@ -146,24 +147,28 @@ class ExampleDecoder:
           (batch, good, reasons): `batch` holds the records that parsed, in order; `good` are their
           indices in `records`; `reasons[i]` is "" for a good record, else why it did not parse.
         """
-        decoder = self._get()
         try:
-            return (
-                decoder.DecodeBatch(list(records)),
-                list(range(len(records))),
-                [""] * len(records),
-            )
+            return self._decode(list(records)), list(range(len(records))), [""] * len(records)
         except RuntimeError:
             pass
         good, reasons = [], []
         for i, record in enumerate(records):
             try:
-                decoder.DecodeBatch([record])
+                self._decode([record])
                 good.append(i)
                 reasons.append("")
             except RuntimeError as err:
                 reasons.append(f"not a valid tf.train.Example for the schema: {err}")
-        return decoder.DecodeBatch([records[i] for i in good]), good, reasons
+        return self._decode([records[i] for i in good]), good, reasons
+
+    def _decode(self, records: list[bytes]) -> pa.RecordBatch:
+        # A failed DecodeBatch (e.g. a feature of the wrong type) leaves the tfx-bsl decoder in a
+        # broken state ("FinishFeature() must be called before DecodeFeature()"): replace it.
+        try:
+            return self._get().DecodeBatch(records)
+        except RuntimeError:
+            self._decoder = None
+            raise
 
 
 def dense_column(
