@@ -1,0 +1,75 @@
+"""Unit tests of tfx-bsl decoding, schema inference and Arrow -> dense model inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from transforms.decode import ExampleDecoder, dense_column, fixed_length, infer_schema
+
+
+def example(**features) -> bytes:
+    feature = {}
+    for name, values in features.items():
+        if isinstance(values[0], bytes):
+            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+        elif isinstance(values[0], int):
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        else:
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def test_infer_schema_skips_garbage_and_fixes_shapes():
+    records = [
+        example(x=[1.0, 2.0], n=[3], s=[b"a"]),
+        b"\x01garbage",
+        example(x=[0.5, 0.25], n=[4, 5], s=[b"b"]),
+        example(x=[0.0, 1.0], s=[b"c"]),
+    ]
+    schema = infer_schema(records)
+    by_name = {f.name: f for f in schema.feature}
+    assert by_name["x"].type == schema_pb2.FLOAT and fixed_length(schema, "x") == 2
+    assert by_name["s"].type == schema_pb2.BYTES and fixed_length(schema, "s") == 1
+    assert by_name["n"].type == schema_pb2.INT and fixed_length(schema, "n") is None
+    assert by_name["n"].presence.min_fraction == 0.0
+
+
+def test_decoder_isolates_bad_records_and_recovers_after_a_type_error():
+    schema = text_format.Parse(
+        'feature { name: "x" type: FLOAT } feature { name: "k" type: BYTES }', schema_pb2.Schema()
+    )
+    decoder = ExampleDecoder(schema)
+    records = [example(x=[1.0], k=[b"a"]), example(x=[7], k=[b"b"]), b"junk", example(x=[2.0])]
+    batch, good, reasons = decoder.decode(records)
+    assert good == [0, 3]
+    assert reasons[0] == "" and reasons[3] == ""
+    assert "wrong type" in reasons[1] and '"x"' in reasons[1]
+    assert reasons[2].startswith("not a valid tf.train.Example")
+    assert batch.column(0).to_pylist() == [[1.0], [2.0]]
+    # The next batch decodes normally.
+    batch, good, _ = decoder.decode([example(x=[3.0], k=[b"c"])])
+    assert good == [0] and batch.num_rows == 1
+
+
+def test_dense_column_reasons():
+    column = pa.array(
+        [[1.0, 2.0], None, [1.0], [np.nan, 0.0], [np.inf, 1.0], [3.0, 4.0]],
+        pa.large_list(pa.float32()),
+    )
+    values, reasons = dense_column(column, 2, np.float32, "x")
+    assert reasons == [
+        "",
+        "feature 'x' is missing",
+        "feature 'x' has 1 values, expected 2",
+        "feature 'x' has NaN or Inf values",
+        "feature 'x' has NaN or Inf values",
+        "",
+    ]
+    np.testing.assert_array_equal(values[[0, 5]], [[1.0, 2.0], [3.0, 4.0]])
+    assert values.dtype == np.float32
+    empty, none = dense_column(pa.array([], pa.large_list(pa.float32())), 3, np.float32, "x")
+    assert empty.shape == (0, 3) and none == []
