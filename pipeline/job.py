@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -349,6 +349,22 @@ def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int] | No
     return totals
 
 
+def _runner(options: PipelineOptions) -> Any:
+    """The runner to use: the DirectRunner means Beam's in-process FnApiRunner, never Prism.
+
+    Beam 2.77's DirectRunner first tries Prism, which it downloads from the internet at run time
+    (and falls back to the FnApiRunner when it cannot). igbeam never downloads at run time, so
+    the DirectRunner (named or the default) runs on the FnApiRunner directly; it honours
+    `--direct_running_mode` and `--direct_num_workers`. Name `--runner=PrismRunner` to opt in.
+    """
+    name = options.view_as(StandardOptions).runner
+    if name is None or name.lower() in ("directrunner", "direct"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return None
+
+
 def _versions() -> dict[str, str]:
     import tensorflow as tf
     import tfx_bsl
@@ -378,7 +394,7 @@ def run_job(
     with FileSystems.create(_join(out, "schema.pbtxt")) as f:
         f.write(schema_to_text(plan.schema).encode())
     options = PipelineOptions(list(beam_args))
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(runner=_runner(options), options=options)
     build_pipeline(pipeline, plan)
     result = pipeline.run()
     state = result.wait_until_finish()

@@ -10,6 +10,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
@@ -441,7 +442,7 @@ def test_beam_pipeline(data: Data):
     batches = data.batches([500, 1200, 2500])
     expected = compute_statistics(batches, **CONFIG)
     empty = compute_statistics([], **CONFIG)
-    with test_pipeline.TestPipeline() as p:
+    with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:  # never Prism (a download)
         result = (
             p
             | "CreateBatches" >> beam.Create(batches)
