@@ -15,11 +15,14 @@ Everything that can be checked before Beam starts is checked first (`JobError`, 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
+import itertools
 import json
 import platform
 import time
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -244,6 +247,23 @@ class _MergeTables(beam.DoFn):
             )
 
 
+KEY_BUCKETS = 1024
+
+
+def _key_buckets(table: pa.Table) -> Any:
+    """(bucket, keys) per stable key-hash bucket: duplicates meet in one bucket, and the
+    shuffle moves a few lists per table instead of one element per example."""
+    buckets: dict[int, list[str]] = {}
+    for key in table.column("key").to_pylist():
+        buckets.setdefault(zlib.crc32(key.encode()) % KEY_BUCKETS, []).append(key)
+    return buckets.items()
+
+
+def _duplicates(bucket_keys: tuple[int, Any]) -> Any:
+    counts = collections.Counter(itertools.chain.from_iterable(bucket_keys[1]))
+    return ({"key": k, "count": c} for k, c in sorted(counts.items()) if c > 1)
+
+
 def _write_parquet_file(path: str, table: pa.Table) -> None:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
@@ -274,20 +294,19 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         key_feature=config.input.key,
         passthrough=config.passthrough,
     )
-    results = attributed.results
-    _ = (
-        results
-        | "MergeRowGroups" >> beam.ParDo(_MergeTables(config.output.row_group_rows))
-        | "WriteAttributions"
-        >> beam.io.WriteToParquetBatched(
-            _join(out, "attributions", "part"),
-            plan.output_schema,
-            num_shards=config.output.shards,
-            file_name_suffix=".parquet",
-        )
+    # Large tables feed the writer (one row group each), the statistics and the key check, so
+    # those steps see a few large elements rather than one per model batch.
+    tables = attributed.results | "MergeRowGroups" >> beam.ParDo(
+        _MergeTables(config.output.row_group_rows)
+    )
+    _ = tables | "WriteAttributions" >> beam.io.WriteToParquetBatched(
+        _join(out, "attributions", "part"),
+        plan.output_schema,
+        num_shards=config.output.shards,
+        file_name_suffix=".parquet",
     )
     _ = (
-        results
+        tables
         | "ComputeStatistics"
         >> ComputeAttributionStatistics(
             features=plan.attributed,
@@ -297,11 +316,10 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         | "WriteStatistics" >> beam.ParDo(_WriteStatistics(_join(out, "statistics")))
     )
     _ = (
-        results
-        | "ExtractKeys" >> beam.FlatMap(lambda batch: batch.column("key").to_pylist())
-        | "CountKeys" >> beam.combiners.Count.PerElement()
-        | "KeepDuplicates" >> beam.Filter(lambda kv: kv[1] > 1)
-        | "DuplicateRows" >> beam.MapTuple(lambda key, count: {"key": key, "count": count})
+        tables
+        | "BucketKeys" >> beam.FlatMap(_key_buckets)
+        | "GroupKeyBuckets" >> beam.GroupByKey()
+        | "FindDuplicateKeys" >> beam.FlatMap(_duplicates)
         | "WriteDuplicateKeys"
         >> beam.io.WriteToParquet(
             _join(out, "duplicate_keys", "part"),
