@@ -172,9 +172,11 @@ class IntegratedGradients:
         attr_sig = {n: s for n, s in self.attributed_specs.items()}
         rows = tf.TensorSpec([None], tf.int32)
         path = tf.TensorSpec([None], tf.float64)  # cast to each tensor's dtype
-        self._embed_fn = tf.function(self.embed, input_signature=[inputs_sig])
+        self._embed_fn = tf.function(self.embed, input_signature=[inputs_sig], autograph=False)
         self._chunk_fn = tf.function(
-            self.attribute_chunk, input_signature=[inputs_sig, attr_sig, attr_sig, rows, path, path]
+            self.attribute_chunk,
+            input_signature=[inputs_sig, attr_sig, attr_sig, rows, path, path],
+            autograph=False,  # plain graph code: AutoGraph only adds tracing time
         )
         # Calling the concrete function skips the polymorphic function's per-call signature
         # matching, which costs milliseconds per call for models with many named inputs.
