@@ -285,7 +285,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
     """Adds the whole job to `pipeline`."""
     config = plan.config
     out = config.output.path
-    read = pipeline | "Read" >> ReadTFRecords(plan.files)
+    read = pipeline | "Read" >> ReadTFRecords(plan.files, chunk_size=config.batching.batch_size)
     attributed = read.records | "AttributeRecords" >> AttributeRecords(
         plan.spec,
         plan.schema,

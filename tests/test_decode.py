@@ -72,4 +72,19 @@ def test_dense_column_reasons():
     np.testing.assert_array_equal(values[[0, 5]], [[1.0, 2.0], [3.0, 4.0]])
     assert values.dtype == np.float32
     empty, none = dense_column(pa.array([], pa.large_list(pa.float32())), 3, np.float32, "x")
-    assert empty.shape == (0, 3) and none == []
+    assert empty.shape == (0, 3) and none is None
+
+
+def test_dense_column_fast_path_and_slices():
+    column = pa.array([[1, 2], [3, 4], [5, 6], [7, 8]], pa.large_list(pa.int64()))
+    values, reasons = dense_column(column, 2, np.int32, "ids")
+    assert reasons is None  # every row usable: no per-row reasons are built
+    np.testing.assert_array_equal(values, [[1, 2], [3, 4], [5, 6], [7, 8]])
+    assert values.dtype == np.int32
+    values, reasons = dense_column(column.slice(1, 2), 2, np.int32, "ids")
+    assert reasons is None
+    np.testing.assert_array_equal(values, [[3, 4], [5, 6]])
+    sliced_bad = pa.array([[1.0], [np.nan], [2.0]], pa.large_list(pa.float32())).slice(1, 2)
+    values, reasons = dense_column(sliced_bad, 1, np.float32, "x")
+    assert reasons == ["feature 'x' has NaN or Inf values", ""]
+    assert values[1, 0] == 2.0

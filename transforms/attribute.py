@@ -351,7 +351,8 @@ class AttributeBatchDoFn(beam.DoFn):
             per = int(np.prod(shape.as_list())) if shape.rank else 1
             values, why = dense_column(batch.column(index), per, spec.dtype.as_numpy_dtype, name)
             arrays[name] = values.reshape((batch.num_rows, *shape.as_list()))
-            reasons = [a or b for a, b in zip(reasons, why, strict=True)]
+            if why is not None:
+                reasons = [a or b for a, b in zip(reasons, why, strict=True)]
         return arrays, reasons
 
     def _attribute(self, rows: _Rows) -> Iterator[tuple[np.ndarray, Any, str]]:
@@ -413,8 +414,8 @@ class AttributeBatchDoFn(beam.DoFn):
 
     # --------------------------------------------------------------------------------- process
 
-    def process(self, records: Sequence[Record]) -> Iterator[Any]:
-        records = list(records)
+    def process(self, chunks: Sequence[Sequence[Record]]) -> Iterator[Any]:
+        records = [r for chunk in chunks for r in chunk]
         if self._load_to_report:
             self._loads.inc()
             self._load_to_report = False
@@ -466,7 +467,10 @@ def _short(err: BaseException) -> str:
 
 
 class AttributeRecords(beam.PTransform):
-    """Batches records and attributes them: PCollection[Record] -> (results, dead letters).
+    """Batches record chunks and attributes them: PCollection[list[Record]] -> (results, dead).
+
+    The input holds lists of records (`ReadTFRecords(..., chunk_size=batch_size)`), batched to
+    about `batch_size` records per model call without one Beam element per record.
 
     Returns a `DoOutputsTuple` whose main output holds `pa.RecordBatch` per-example results and
     whose `DEAD_LETTER_TAG` output holds `DeadLetter`s.
@@ -501,6 +505,10 @@ class AttributeRecords(beam.PTransform):
         return (
             records
             | "BatchRecords"
-            >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+            >> beam.BatchElements(
+                min_batch_size=self._batch_size,
+                max_batch_size=self._batch_size,
+                element_size_fn=len,
+            )
             | "Attribute" >> beam.ParDo(fn).with_outputs(DEAD_LETTER_TAG, main="results")
         )

@@ -173,7 +173,7 @@ class ExampleDecoder:
 
 def dense_column(
     column: pa.Array, per_example: int, dtype: np.dtype, name: str
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[np.ndarray, list[str] | None]:
     """Turns a list column into a dense [B, per_example] array.
 
     Args:
@@ -183,34 +183,38 @@ def dense_column(
       name: The feature name, for reasons.
 
     Returns:
-      (values, reasons): values [B, per_example] (rows with a reason are zero-filled) and one
-      reason per row ("" when the row is usable): missing, wrong length, NaN or Inf.
+      (values, reasons): values [B, per_example] (unusable rows are zero-filled), and None when
+      every row is usable, else one reason per row ("" when the row is usable): missing, wrong
+      length, NaN or Inf.
     """
     n = len(column)
-    reasons = [""] * n
-    out = np.zeros((n, per_example), dtype=dtype)
     if n == 0:
-        return out, reasons
-    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-    nulls = column.is_null().to_numpy(zero_copy_only=False)
-    ok = (~nulls) & (lengths == per_example)
-    for i in np.flatnonzero(~ok):
-        reasons[i] = (
-            f"feature {name!r} is missing"
-            if nulls[i]
-            else f"feature {name!r} has {int(lengths[i])} values, expected {per_example}"
-        )
-    if ok.all():
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        out[:] = flat.reshape(n, per_example)
+        return np.zeros((0, per_example), dtype=dtype), None
+    offsets = column.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    if column.null_count == 0 and np.all(lengths == per_example):  # the common, fast path
+        flat = column.values.slice(offsets[0], offsets[-1] - offsets[0])
+        out = flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, per_example)
+        if not np.issubdtype(out.dtype, np.floating) or np.isfinite(out).all():
+            return out, None
+        ok = np.ones(n, bool)
     else:
+        out = np.zeros((n, per_example), dtype=dtype)
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+        ok = (~nulls) & (lengths == per_example)
         idx = np.flatnonzero(ok)
         if len(idx):
             taken = column.take(pa.array(idx)).flatten().to_numpy(zero_copy_only=False)
             out[idx] = taken.reshape(len(idx), per_example)
+    reasons = [""] * n
+    for i in np.flatnonzero(~ok):
+        reasons[i] = (
+            f"feature {name!r} is missing"
+            if column[int(i)].as_py() is None
+            else f"feature {name!r} has {int(lengths[i])} values, expected {per_example}"
+        )
     if np.issubdtype(out.dtype, np.floating):
-        bad = ~np.isfinite(out).all(axis=1) & ok
-        for i in np.flatnonzero(bad):
+        for i in np.flatnonzero(~np.isfinite(out).all(axis=1) & ok):
             reasons[i] = f"feature {name!r} has NaN or Inf values"
     return out, reasons
 

@@ -679,9 +679,10 @@ def expand_file_pattern(pattern: str | list[str]) -> list[str]:
 class _ReadFileDoFn(beam.DoFn):
     """Reads one TFRecord file: records on the main output, dead letters on DEAD_LETTER_TAG."""
 
-    def __init__(self, open_fn: OpenFn | None = None) -> None:
+    def __init__(self, open_fn: OpenFn | None = None, chunk_size: int | None = None) -> None:
         super().__init__()
         self._open_fn = open_fn
+        self._chunk_size = chunk_size
         self._records_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_read")
         self._dead_letters = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read_dead_letters")
         self._files_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "files_read")
@@ -689,13 +690,23 @@ class _ReadFileDoFn(beam.DoFn):
     def process(self, path: str) -> Iterator[Record | beam.pvalue.TaggedOutput]:
         """Yields the records of the file at `path` and tagged dead letters."""
         self._files_read.inc()
+        chunk: list[Record] = []
         for item in iter_tfrecord_file(path, open_fn=self._open_fn):
             if isinstance(item, DeadLetter):
                 self._dead_letters.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, item)
-            else:
+            elif self._chunk_size is None:
                 self._records_read.inc()
                 yield item
+            else:
+                chunk.append(item)
+                if len(chunk) >= self._chunk_size:
+                    self._records_read.inc(len(chunk))
+                    yield chunk
+                    chunk = []
+        if chunk:
+            self._records_read.inc(len(chunk))
+            yield chunk
 
 
 class ReadTFRecordFiles(beam.PTransform):
@@ -706,20 +717,28 @@ class ReadTFRecordFiles(beam.PTransform):
     over workers first (e.g. `beam.Create(files) | beam.Reshuffle()`).
     """
 
-    def __init__(self, open_fn: OpenFn | None = None, label: str | None = None) -> None:
+    def __init__(
+        self,
+        open_fn: OpenFn | None = None,
+        label: str | None = None,
+        *,
+        chunk_size: int | None = None,
+    ) -> None:
         """Initializes the transform.
 
         Args:
           open_fn: Opens a path for raw binary reading; defaults to Beam's FileSystems.
           label: Optional transform label.
+          chunk_size: When set, the main output holds lists of up to `chunk_size` consecutive
+            `Record`s of one file instead of single records (far fewer Beam elements).
         """
         super().__init__(label)
         self._open_fn = open_fn
+        self._chunk_size = chunk_size
 
     def expand(self, paths: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return paths | "ReadFile" >> beam.ParDo(_ReadFileDoFn(self._open_fn)).with_outputs(
-            DEAD_LETTER_TAG, main="records"
-        )
+        read = _ReadFileDoFn(self._open_fn, self._chunk_size)
+        return paths | "ReadFile" >> beam.ParDo(read).with_outputs(DEAD_LETTER_TAG, main="records")
 
 
 class ReadResult(NamedTuple):
@@ -744,7 +763,12 @@ class ReadTFRecords(beam.PTransform):
     """
 
     def __init__(
-        self, files: list[str], *, open_fn: OpenFn | None = None, label: str | None = None
+        self,
+        files: list[str],
+        *,
+        open_fn: OpenFn | None = None,
+        label: str | None = None,
+        chunk_size: int | None = None,
     ) -> None:
         """Initializes the transform.
 
@@ -752,16 +776,18 @@ class ReadTFRecords(beam.PTransform):
           files: Paths of the files to read (see `expand_file_pattern`).
           open_fn: Opens a path for raw binary reading; defaults to Beam's FileSystems.
           label: Optional transform label.
+          chunk_size: Emit lists of up to `chunk_size` records (see `ReadTFRecordFiles`).
         """
         super().__init__(label)
         self._files = list(files)
         self._open_fn = open_fn
+        self._chunk_size = chunk_size
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ReadResult:
         outputs = (
             pbegin
             | "CreateFileList" >> beam.Create(self._files)
             | "ReshuffleFiles" >> beam.Reshuffle()
-            | "ReadRecords" >> ReadTFRecordFiles(self._open_fn)
+            | "ReadRecords" >> ReadTFRecordFiles(self._open_fn, chunk_size=self._chunk_size)
         )
         return ReadResult(records=outputs.records, dead_letters=outputs[DEAD_LETTER_TAG])
