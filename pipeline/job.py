@@ -54,7 +54,7 @@ from transforms.statistics import (
 )
 
 SCHEMA_SAMPLE_RECORDS = 1000
-STATS_EPSILON = 0.005
+STATS_EPSILON = 0.01
 OUTPUT_PARTS = (
     "attributions",
     "statistics",
