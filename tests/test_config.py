@@ -964,3 +964,12 @@ def test_max_rows_per_call_below_steps_is_allowed():
         }
     )
     assert job.batching.max_rows_per_call == 10 < job.attribution.steps
+
+
+def test_config_choices_match_the_engine():
+    # pipeline.config stays free of TensorFlow, so it repeats the engine's names: keep in step.
+    import attribution
+
+    assert METHODS == attribution.METHODS
+    assert set(BASELINE_KINDS) <= set(attribution.BASELINE_KINDS)
+    assert set(TARGET_KINDS) <= set(attribution.TARGET_KINDS)

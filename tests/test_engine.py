@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from ig_models import classifier, embedding_model, linear_model
 
 from attribution import (
     METHODS,
@@ -22,34 +23,6 @@ from attribution import (
 )
 
 RNG = np.random.default_rng(7)
-
-
-def linear_model(weights: np.ndarray, bias: float = 0.25) -> tuple[keras.Model, ModelAdapter]:
-    inp = keras.Input((len(weights),), name="x")
-    out = keras.layers.Dense(1, name="y")(inp)
-    model = keras.Model(inp, out)
-    model.get_layer("y").set_weights([weights[:, None].astype(np.float32), np.array([bias])])
-    return model, ModelAdapter.from_keras(model)
-
-
-def classifier(n_in: int = 6, n_out: int = 4, seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((n_in,), name="x")
-    h = keras.layers.Dense(16, activation="tanh")(inp)
-    out = keras.layers.Dense(n_out, activation="softmax", name="probs")(h)
-    return keras.Model(inp, out)
-
-
-def embedding_model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    ids = keras.Input((5,), dtype="int32", name="ids")
-    num = keras.Input((3,), name="num")
-    emb = keras.layers.Embedding(20, 4, name="emb")(ids)
-    h = keras.layers.GlobalAveragePooling1D()(emb)
-    h = keras.layers.Concatenate()([h, num])
-    h = keras.layers.Dense(8, activation="tanh")(h)
-    out = keras.layers.Dense(3, activation="softmax", name="out")(h)
-    return keras.Model({"ids": ids, "num": num}, out)
 
 
 # ------------------------------------------------------------------------------- integration
@@ -103,7 +76,7 @@ def test_rule_rejects_bad_arguments(method, steps, match):
 @pytest.mark.parametrize("method", METHODS)
 def test_linear_model_random_baselines_exact_for_every_method(method):
     w = RNG.normal(size=5)
-    _, adapter = linear_model(w)
+    adapter = ModelAdapter.from_keras(linear_model(w))
     x = RNG.normal(size=(9, 5)).astype(np.float32)
     keys = [f"ex{i}" for i in range(9)]
     ig = IntegratedGradients(
@@ -240,7 +213,7 @@ def test_results_do_not_depend_on_batching_or_chunking():
 
 def test_random_baseline_is_deterministic_per_example_key():
     w = RNG.normal(size=3)
-    _, adapter = linear_model(w)
+    adapter = ModelAdapter.from_keras(linear_model(w))
     spec = Baseline("random_uniform", low={"x": -1.0}, high={"x": 3.0}, seed=42, samples=3)
     ig = IntegratedGradients(adapter, target=Target("scalar"), baseline=spec, steps=4)
     x = RNG.normal(size=(5, 3)).astype(np.float32)
@@ -390,7 +363,7 @@ def test_bad_inputs_and_baselines_raise():
 
 def test_array_baselines_are_used_per_example():
     w = RNG.normal(size=3)
-    _, adapter = linear_model(w)
+    adapter = ModelAdapter.from_keras(linear_model(w))
     ig = IntegratedGradients(adapter, target=Target("scalar"), baseline=Baseline("array"))
     x = RNG.normal(size=(4, 3)).astype(np.float32)
     b = RNG.normal(size=(4, 3)).astype(np.float32)
