@@ -7,8 +7,16 @@ setup(
     version="0.1.0",
     description="Integrated Gradients attributions for TFRecord datasets on Apache Beam.",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["attribution", "attribution.*", "pipeline", "pipeline.*",
-                                    "transforms", "transforms.*"]),
+    packages=find_packages(
+        include=[
+            "attribution",
+            "attribution.*",
+            "pipeline",
+            "pipeline.*",
+            "transforms",
+            "transforms.*",
+        ]
+    ),
     include_package_data=True,
     install_requires=[
         "tensorflow>=2.21,<2.22",
