@@ -29,6 +29,7 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -344,8 +345,9 @@ def _parquet_rows(pattern: str) -> tuple[int, list[str]]:
     files = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
     rows = 0
     for path in files:
-        with FileSystems.open(path) as f:
-            rows += pq.ParquetFile(io.BytesIO(f.read())).metadata.num_rows
+        # Only the footer is read: FileSystems files are seekable (local, GCS, S3).
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            rows += pq.ParquetFile(f).metadata.num_rows
     return rows, sorted(files)
 
 
@@ -397,15 +399,22 @@ def _versions() -> dict[str, str]:
 
 
 def run_job(
-    config: JobConfig, beam_args: Sequence[str] = (), *, plan: Plan | None = None
+    config: JobConfig,
+    beam_args: Sequence[str] = (),
+    *,
+    plan: Plan | None = None,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Plans, runs and summarises one job; returns the summary (also in summary.json).
 
     Raises:
       JobError: an early check failed (before any Beam work).
       RuntimeError: the pipeline did not finish.
+
+    `started` (a `time.time()`) is when the caller began, e.g. before its own `plan_job`, so
+    that `wall_seconds` covers planning too.
     """
-    start = time.time()
+    start = started if started is not None else time.time()
     plan = plan or plan_job(config)
     out = config.output.path
     _clear_output(out)
