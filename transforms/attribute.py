@@ -13,7 +13,6 @@ it.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -48,15 +47,6 @@ RESULT_FIELDS = [
     pa.field("baseline_prediction", pa.float64(), nullable=False),
     pa.field("delta", pa.float64(), nullable=False),
 ]
-
-# Models loaded per process, for tests and the run summary (the Beam counter says the same).
-_LOADS = {"count": 0}
-_LOADS_LOCK = threading.Lock()
-
-
-def model_loads_in_this_process() -> int:
-    """How many times this process built an engine (1 per process when sharing works)."""
-    return _LOADS["count"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,14 +262,13 @@ class AttributeBatchDoFn(beam.DoFn):
         *,
         key_feature: str | None = None,
         passthrough: Sequence[str] = (),
-        shared_handle: shared.Shared | None = None,
     ) -> None:
         self._spec = spec
         self._schema_bytes = schema.SerializeToString()
         self._output_schema = output_schema
         self._key_feature = key_feature
         self._passthrough = list(passthrough)
-        self._shared = shared_handle or shared.Shared()
+        self._shared = shared.Shared()  # one engine per worker process
         self._loaded: LoadedEngine | LoadedExport | None = None
         self._decoder: ExampleDecoder | None = None
         ns = METRICS_NAMESPACE
@@ -295,8 +284,6 @@ class AttributeBatchDoFn(beam.DoFn):
 
     def setup(self) -> None:
         def build() -> LoadedEngine:
-            with _LOADS_LOCK:
-                _LOADS["count"] += 1
             # Metrics updated in setup() are not attributed to a step: count it in process().
             self._load_to_report = True
             return self._spec.load()
@@ -305,7 +292,6 @@ class AttributeBatchDoFn(beam.DoFn):
         self._loaded = self._shared.acquire(build, tag=repr(self._spec))
         schema = schema_pb2.Schema.FromString(self._schema_bytes)
         self._decoder = ExampleDecoder(schema)
-        self._schema = schema
 
     # ----------------------------------------------------------------------------------- steps
 
