@@ -742,19 +742,25 @@ def _parse_feature_values(value: Any, key: str) -> dict[str, FeatureBaseline]:
     return out
 
 
+def _kind(sec: Mapping[str, Any], prefix: str, what: str, kinds: Sequence[str]) -> str:
+    """The section's required `kind`, one of `kinds`."""
+    kind = sec.get("kind")
+    if kind is None:
+        raise ConfigError(f"required; choose one of {', '.join(kinds)}", f"{prefix}.kind")
+    if kind not in kinds:
+        raise ConfigError(
+            f"unknown {what} kind {_show(kind)}; choose one of {', '.join(kinds)}",
+            f"{prefix}.kind",
+        )
+    return kind
+
+
 def _parse_baseline(raw: Mapping[str, Any]) -> BaselineConfig:
     prefix = "attribution.baseline"
     if raw.get("baseline") is None:
         return BaselineConfig()
     sec = _section(raw, "baseline", "attribution")
-    kind = sec.get("kind")
-    if kind is None:
-        raise ConfigError(f"required; choose one of {', '.join(BASELINE_KINDS)}", f"{prefix}.kind")
-    if kind not in BASELINE_KINDS:
-        raise ConfigError(
-            f"unknown baseline kind {_show(kind)}; choose one of {', '.join(BASELINE_KINDS)}",
-            f"{prefix}.kind",
-        )
+    kind = _kind(sec, prefix, "baseline", BASELINE_KINDS)
     required = _BASELINE_REQUIRED[kind]
     allowed = {"kind", *required, *_BASELINE_OPTIONAL[kind]}
     for name in _SCHEMA["attribution"]["baseline"]:
@@ -811,14 +817,7 @@ def _parse_target(raw: Mapping[str, Any]) -> TargetConfig:
     if raw.get("target") is None:
         return TargetConfig()
     sec = _section(raw, "target", "attribution")
-    kind = sec.get("kind")
-    if kind is None:
-        raise ConfigError(f"required; choose one of {', '.join(TARGET_KINDS)}", f"{prefix}.kind")
-    if kind not in TARGET_KINDS:
-        raise ConfigError(
-            f"unknown target kind {_show(kind)}; choose one of {', '.join(TARGET_KINDS)}",
-            f"{prefix}.kind",
-        )
+    kind = _kind(sec, prefix, "target", TARGET_KINDS)
     required = _TARGET_REQUIRED[kind]
     for name in ("value", "feature"):
         if sec.get(name) is not None and name not in required:
