@@ -14,6 +14,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
+from transforms import statistics
 from transforms.statistics import (
     FEATURE_STATS_SCHEMA,
     NULL_SLICE_VALUE,
@@ -121,13 +122,23 @@ class Data:
         return [self.batch(a, b, list_type) for a, b in itertools.pairwise(bounds)]
 
 
+@pytest.fixture(scope="module", autouse=True, params=["raw-values", "sketches"])
+def raw_values_limit(request):
+    """Runs the module twice: small slices kept as raw values (exact quantiles), and every
+    slice promoted to a tfx-bsl sketch early (so merges mix raw values and sketches)."""
+    old = statistics.RAW_VALUES_LIMIT
+    statistics.RAW_VALUES_LIMIT = old if request.param == "raw-values" else 40
+    yield statistics.RAW_VALUES_LIMIT
+    statistics.RAW_VALUES_LIMIT = old
+
+
 @pytest.fixture(scope="module")
 def data() -> Data:
     return Data(3000, seed=0)
 
 
 @pytest.fixture(scope="module")
-def stats(data: Data) -> AttributionStatistics:
+def stats(data: Data, raw_values_limit: int) -> AttributionStatistics:
     return compute_statistics(data.batches([700, 701, 1900]), **CONFIG)
 
 
@@ -456,3 +467,26 @@ def test_beam_pipeline(data: Data):
         )
         assert_that(empty_result, _matches(empty), label="CheckEmptyStats")
     assert expected.slices.num_rows > 0 and empty.slices.num_rows == 0
+
+
+def test_buffered_sketch_keeps_raw_values_then_promotes(raw_values_limit: int):
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=3 * raw_values_limit)
+    small = statistics._BufferedSketch(0.01, 1 << 32)
+    small.AddValues(pa.array(values[:10]))
+    assert small.sketch is None and small.count == 10
+    exact = small.GetQuantiles(4).flatten().to_numpy()
+    np.testing.assert_array_equal(exact[[0, -1]], [values[:10].min(), values[:10].max()])
+    big = statistics._BufferedSketch(0.01, 1 << 32)
+    big.AddValues(pa.array(values[: raw_values_limit + 1]))
+    assert big.sketch is not None and big.values == []  # promoted past the limit
+    before = pickle.dumps(small)
+    big.Merge(small)  # a raw buffer merged into a sketch; `small` is left unchanged
+    assert pickle.dumps(small) == before
+    restored = pickle.loads(pickle.dumps(big))
+    restored.Compact()
+    merged = values[: raw_values_limit + 1].tolist() + values[:10].tolist()
+    boundaries = restored.GetQuantiles(10).flatten().to_numpy()
+    ranks = np.searchsorted(np.sort(merged), boundaries, side="right")
+    expected = np.linspace(0, len(merged), 11)
+    assert np.all(np.abs(ranks - expected) <= 0.01 * len(merged) + 2)  # + rank rounding

@@ -123,6 +123,75 @@ class AttributionStatistics(NamedTuple):
     slices: pa.Table
 
 
+# A quantile sketch stores ~32 bytes per value until it holds a few thousand values (then it is
+# bounded, ~180 KB at epsilon 0.01). Below this many values the raw values (8 bytes each) are
+# kept instead and their quantiles are exact; above it they move into a real sketch.
+RAW_VALUES_LIMIT = 16384
+
+
+class _BufferedSketch:
+    """A `QuantilesSketch` that keeps raw float64 values until there are `RAW_VALUES_LIMIT`.
+
+    The same interface as the parts of `QuantilesSketch` used here (`AddValues`, `Merge`,
+    `Compact`, `GetQuantiles`), mergeable and picklable; `Merge` leaves `other` unchanged.
+    """
+
+    __slots__ = ("count", "epsilon", "max_num_elements", "sketch", "values")
+
+    def __init__(self, epsilon: float, max_num_elements: int) -> None:
+        self.epsilon = epsilon
+        self.max_num_elements = max_num_elements
+        self.values: list[np.ndarray] = []
+        self.count = 0
+        self.sketch: QuantilesSketch | None = None
+
+    def __getstate__(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def _promote(self) -> QuantilesSketch:
+        if self.sketch is None:
+            self.sketch = QuantilesSketch(self.epsilon, self.max_num_elements, 1)
+            for values in self.values:
+                self.sketch.AddValues(pa.array(values))
+            self.values, self.count = [], 0
+        return self.sketch
+
+    def AddValues(self, values: pa.Array) -> None:  # noqa: N802 - QuantilesSketch's interface
+        if self.sketch is not None:
+            self.sketch.AddValues(values)
+            return
+        self.values.append(values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False))
+        self.count += len(values)
+        if self.count > RAW_VALUES_LIMIT:
+            self._promote()
+
+    def Merge(self, other: _BufferedSketch) -> None:  # noqa: N802
+        if other.sketch is not None:
+            self._promote().Merge(other.sketch)
+        for values in other.values:
+            self.AddValues(pa.array(values))
+
+    def Compact(self) -> None:  # noqa: N802
+        if self.sketch is not None:
+            self.sketch.Compact()
+        elif len(self.values) > 1:
+            self.values = [np.concatenate(self.values)]
+
+    def GetQuantiles(self, buckets: int) -> pa.Array:  # noqa: N802
+        """`buckets + 1` boundaries as a one-row list array (exact below the raw limit)."""
+        if self.sketch is not None:
+            return self.sketch.GetQuantiles(buckets)
+        if not self.count:
+            return pa.array([], pa.list_(pa.float64()))
+        values = np.concatenate(self.values)
+        bounds = np.quantile(values, np.linspace(0.0, 1.0, buckets + 1), method="inverted_cdf")
+        return pa.array([bounds.tolist()], pa.list_(pa.float64()))
+
+
 class _SliceAccumulator:
     """Mergeable statistics of one slice; per-feature arrays are indexed like `features`."""
 
@@ -369,8 +438,8 @@ class AttributionStatsCombineFn(beam.CombineFn):
         """The attributed feature names."""
         return list(self._features)
 
-    def _make_sketch(self) -> QuantilesSketch:
-        return QuantilesSketch(self._epsilon, self._max_num_elements, 1)
+    def _make_sketch(self) -> _BufferedSketch:
+        return _BufferedSketch(self._epsilon, self._max_num_elements)
 
     def _new_slice(self) -> _SliceAccumulator:
         return _SliceAccumulator(len(self._features), self._make_sketch)
