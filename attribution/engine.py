@@ -64,6 +64,80 @@ def rows_per_chunk(steps: int, max_rows: int) -> tuple[int, int]:
     return 1, max_rows
 
 
+def _static_shape(t: tf.Tensor) -> list[int]:
+    """The fixed per-example shape of an attributed tensor."""
+    shape = t.shape[1:]
+    if not shape.is_fully_defined():
+        raise ValueError(f"attributed tensors need a fixed shape per example, got {shape}")
+    return shape.as_list()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Packing:
+    """Attributed tensors packed into one [rows, D] array per dtype, features side by side.
+
+    One packed tensor instead of one per feature keeps both the compiled graph (a split, not
+    per-feature reshapes and their gradients) and the host's per-call work (one conversion,
+    not one per feature) independent of the number of features. Works on tensors (in graphs)
+    and on numpy arrays (on the host): `unpack` returns views there.
+    """
+
+    groups: dict[str, list[str]]  # dtype key -> attributed names, in order
+    shapes: dict[str, tuple[int, ...]]  # name -> per-example shape
+    dtypes: dict[str, tf.DType]  # dtype key -> dtype
+
+    @classmethod
+    def of(cls, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, tf.DType]) -> _Packing:
+        groups: dict[str, list[str]] = {}
+        by_key: dict[str, tf.DType] = {}
+        for name in shapes:
+            dtype = tf.as_dtype(dtypes[name])
+            groups.setdefault(dtype.name, []).append(name)
+            by_key[dtype.name] = dtype
+        return cls(groups, {n: tuple(s) for n, s in shapes.items()}, by_key)
+
+    def size(self, name: str) -> int:
+        return int(np.prod(self.shapes[name], dtype=np.int64))
+
+    def width(self, key: str) -> int:
+        return sum(self.size(m) for m in self.groups[key])
+
+    def pack(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """name -> [rows, *shape] to dtype key -> [rows, D]."""
+        packed = {}
+        for key, names in self.groups.items():
+            if isinstance(values[names[0]], np.ndarray):
+                dtype = self.dtypes[key].as_numpy_dtype
+                parts = [np.asarray(values[m], dtype).reshape(-1, self.size(m)) for m in names]
+                packed[key] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            else:
+                parts = [tf.reshape(values[m], [-1, self.size(m)]) for m in names]
+                packed[key] = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+        return packed
+
+    def unpack(self, packed: Mapping[str, Any]) -> dict[str, Any]:
+        """dtype key -> [rows, D] to name -> [rows, *shape] (views for numpy arrays)."""
+        out = {}
+        for key, names in self.groups.items():
+            whole = packed[key]
+            host = isinstance(whole, np.ndarray)
+            sizes = [self.size(m) for m in names]
+            if len(names) == 1:
+                parts = [whole]
+            elif host:
+                parts = np.split(whole, np.cumsum(sizes)[:-1], axis=1)
+            else:
+                parts = tf.split(whole, sizes, axis=1)
+            for m, part in zip(names, parts, strict=True):
+                if self.shapes[m] == (self.size(m),):
+                    out[m] = part  # already [rows, size]
+                elif host:
+                    out[m] = part.reshape((-1, *self.shapes[m]))
+                else:
+                    out[m] = tf.reshape(part, [-1, *self.shapes[m]])
+        return {m: out[m] for m in self.shapes}  # the attributed order, not the dtype grouping
+
+
 class IntegratedGradients:
     """Integrated Gradients for a model with named inputs.
 
@@ -169,18 +243,50 @@ class IntegratedGradients:
 
     def _build_functions(self) -> None:
         inputs_sig = {n: s for n, s in self.input_specs.items()}
-        attr_sig = {n: s for n, s in self.attributed_specs.items()}
-        rows = tf.TensorSpec([None], tf.int32)
-        path = tf.TensorSpec([None], tf.float64)  # cast to each tensor's dtype
         self._embed_fn = tf.function(self.embed, input_signature=[inputs_sig], autograph=False)
-        self._chunk_fn = tf.function(
-            self.attribute_chunk,
-            input_signature=[inputs_sig, attr_sig, attr_sig, rows, path, path],
-            autograph=False,  # plain graph code: AutoGraph only adds tracing time
-        )
+        # The attributed tensors travel packed: one [rows, D] tensor per dtype (see `_layout`).
+        # Built on the first call, when an attributed shape that is not fixed can be reported
+        # as a ValueError of that call.
+        self._chunk_fn: Any = None
         # Calling the concrete function skips the polymorphic function's per-call signature
         # matching, which costs milliseconds per call for models with many named inputs.
-        self._chunk_concrete = None
+        self._chunk_concrete: Any = None
+        self._packing: _Packing | None = None
+
+    def _layout(self) -> _Packing:
+        """How the attributed tensors pack into one [rows, D] array per dtype (fixed shapes)."""
+        if self._packing is None:
+            shapes = {}
+            for name, spec in self.attributed_specs.items():
+                shape = spec.shape[1:]
+                if not shape.is_fully_defined():
+                    raise ValueError(
+                        f"attributed tensors need a fixed shape per example, got {shape} for "
+                        f"{name!r}"
+                    )
+                shapes[name] = tuple(shape.as_list())
+            dtypes = {name: spec.dtype for name, spec in self.attributed_specs.items()}
+            self._packing = _Packing.of(shapes, dtypes)
+        return self._packing
+
+    def _chunk_function(self) -> Any:
+        """The fused chunk function's concrete function (traced once, on the first call)."""
+        if self._chunk_concrete is None:
+            layout = self._layout()
+            rest_sig = {n: s for n, s in self.input_specs.items() if n not in self.attributed_specs}
+            packed_sig = {
+                key: tf.TensorSpec([None, layout.width(key)], layout.dtypes[key], name=key)
+                for key in layout.groups
+            }
+            rows = tf.TensorSpec([None], tf.int32)
+            path = tf.TensorSpec([None], tf.float64)  # cast to each tensor's dtype
+            self._chunk_fn = tf.function(
+                self.attribute_chunk,
+                input_signature=[rest_sig, packed_sig, packed_sig, rows, path, path],
+                autograph=False,  # plain graph code: AutoGraph only adds tracing time
+            )
+            self._chunk_concrete = self._chunk_fn.get_concrete_function()
+        return self._chunk_concrete
 
     # ------------------------------------------------------------------------ graph functions
 
@@ -211,7 +317,34 @@ class IntegratedGradients:
         alphas: tf.Tensor,
         weights: tf.Tensor,
     ) -> dict[str, tf.Tensor]:
-        """sum_k w_k dF_t/dz at z = base + a_k (x - base), for n examples and k points at once."""
+        """sum_k w_k dF_t/dz at z = base + a_k (x - base), for n examples and k points at once.
+
+        `inputs` holds the model inputs (entries named like attributed tensors are ignored);
+        `x` and `base` the attributed tensors, name -> [n, ...] with fixed shapes per example.
+        """
+        layout = _Packing.of({m: tuple(_static_shape(x[m])) for m in x}, {m: x[m].dtype for m in x})
+        rest = {k: v for k, v in inputs.items() if k not in x}
+        sums = self._packed_grad_sum(
+            rest, layout.pack(x), layout.pack(base), targets, alphas, weights, layout
+        )
+        return layout.unpack(sums)
+
+    def _packed_grad_sum(
+        self,
+        rest: dict,
+        x: dict,
+        base: dict,
+        targets: tf.Tensor,
+        alphas: tf.Tensor,
+        weights: tf.Tensor,
+        layout: _Packing,
+    ) -> dict[str, tf.Tensor]:
+        """`grad_sum` on packed tensors: dtype key -> [n, D] in, [n, D] out.
+
+        The k path points of n examples are [k * n, D] rows (step-major), a handful of ops
+        whatever the number of features: a 64-input model would otherwise build thousands of
+        small per-feature ops and trace slowly. Each model input is one slice of one split.
+        """
         n = tf.shape(targets)[0]
         k = tf.shape(alphas)[0]
 
@@ -219,59 +352,29 @@ class IntegratedGradients:
             reps = tf.concat([[k], tf.ones([tf.rank(t) - 1], tf.int32)], axis=0)
             return tf.tile(t, reps)
 
-        # Attributed tensors of one dtype are flattened and stacked feature-major into one
-        # [D, k, n] tensor, so the path, its gradient and the weighted sum are a handful of ops
-        # whatever the number of features (a 64-input model otherwise builds thousands of small
-        # ops and traces slowly); feature-major keeps each scalar feature's [k * n] rows
-        # contiguous, so splitting costs no copies.
-        groups: dict[tf.DType, list[str]] = {}
-        for name in x:
-            groups.setdefault(x[name].dtype, []).append(name)
-        sizes = {name: self._flat_size(x[name]) for name in x}
-
-        def feature_major(t: dict, names: list[str]) -> tf.Tensor:  # -> [D, n]
-            flat = [tf.reshape(t[m], [n, sizes[m]]) for m in names]
-            return tf.transpose(tf.concat(flat, axis=1))
-
-        stacked = []
-        for dtype, names in groups.items():
-            flat_x, flat_b = feature_major(x, names), feature_major(base, names)
-            a = tf.cast(tf.reshape(alphas, [1, -1, 1]), dtype)
-            stacked.append(flat_b[:, tf.newaxis] + a * (flat_x - flat_b)[:, tf.newaxis])
-        tiled = {name: tile(t) for name, t in inputs.items() if name not in x}
+        keys = list(layout.groups)
+        paths = []
+        for key in keys:
+            xg, bg = x[key], base[key]
+            a = tf.cast(tf.reshape(alphas, [-1, 1, 1]), xg.dtype)
+            z = bg[tf.newaxis] + a * (xg - bg)[tf.newaxis]  # [k, n, D]
+            paths.append(tf.reshape(z, [k * n, layout.width(key)]))
+        tiled = {name: tile(t) for name, t in rest.items()}
         with tf.GradientTape() as tape:
-            tape.watch(stacked)
-            points = {}
-            for z, names in zip(stacked, groups.values(), strict=True):
-                parts = tf.split(z, [sizes[m] for m in names], axis=0)
-                for m, part in zip(names, parts, strict=True):
-                    rows = tf.transpose(part, [1, 2, 0]) if sizes[m] > 1 else part  # [k, n, s]
-                    shape = tf.concat([[k * n], tf.shape(x[m])[1:]], axis=0)
-                    points[m] = tf.reshape(rows, shape)
+            tape.watch(paths)
+            points = layout.unpack(dict(zip(keys, paths, strict=True)))
             out = self.selected_output(tiled, points)
-            chosen = tile(targets)
-            f = tf.gather(out, chosen, axis=1, batch_dims=1)
-        grads = tape.gradient(f, stacked, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            f = tf.gather(out, tile(targets), axis=1, batch_dims=1)
+        grads = tape.gradient(f, paths, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         result = {}
-        for g, names in zip(grads, groups.values(), strict=True):
-            w = tf.cast(tf.reshape(weights, [1, -1, 1]), g.dtype)
-            summed = tf.transpose(tf.reduce_sum(w * g, axis=1))  # [n, D]
-            parts = tf.split(summed, [sizes[m] for m in names], axis=1)
-            for m, part in zip(names, parts, strict=True):
-                result[m] = tf.reshape(part, tf.shape(x[m]))
+        for key, g in zip(keys, grads, strict=True):
+            w = tf.cast(tf.reshape(weights, [-1, 1, 1]), g.dtype)
+            result[key] = tf.reduce_sum(w * tf.reshape(g, [k, n, layout.width(key)]), axis=0)
         return result
-
-    @staticmethod
-    def _flat_size(t: tf.Tensor) -> int:
-        """Values per example of an attributed tensor (its shape must be fixed)."""
-        shape = t.shape[1:]
-        if not shape.is_fully_defined():
-            raise ValueError(f"attributed tensors need a fixed shape per example, got {shape}")
-        return int(np.prod(shape.as_list())) if shape.rank else 1
 
     def attribute_chunk(
         self,
-        inputs: dict,
+        rest: dict,
         x: dict,
         base: dict,
         requested: tf.Tensor,
@@ -281,20 +384,22 @@ class IntegratedGradients:
         """One fused call: F at x and at the baseline, the explained class, the path sum.
 
         Args:
-          inputs, x, base: n rows of model inputs, attributed values and baselines.
+          rest: n rows of the model inputs that are not attributed (every input for a layer).
+          x, base: n rows of attributed values and baselines, packed (dtype key -> [n, D]).
           requested: [n] requested classes; < 0 means the arg-max of F(x).
           alphas, weights: k path points and weights.
 
         Returns:
           {"out_x": [n, C], "out_b": [n, C], "chosen": [n] (may be >= C: the host raises),
-           "grads": name -> [n, ...] sum_k w_k dF/dz}.
+           "grads": dtype key -> [n, D] sum_k w_k dF/dz, packed like x}.
         """
-        out_x = self.selected_output(inputs, x)
-        out_b = self.selected_output(inputs, base)
+        layout = self._layout()
+        out_x = self.selected_output(rest, layout.unpack(x))
+        out_b = self.selected_output(rest, layout.unpack(base))
         argmax = tf.argmax(out_x, axis=1, output_type=tf.int32)
         chosen = tf.where(requested < 0, argmax, requested)
         safe = tf.where(chosen < tf.shape(out_x)[1], chosen, tf.zeros_like(chosen))
-        grads = self.grad_sum(inputs, x, base, safe, alphas, weights)
+        grads = self._packed_grad_sum(rest, x, base, safe, alphas, weights, layout)
         return {"out_x": out_x, "out_b": out_b, "chosen": chosen, "grads": grads}
 
     # ---------------------------------------------------------------------------- host side
@@ -393,26 +498,29 @@ class IntegratedGradients:
         x = self._embedded(model_inputs, n)
         base = self._baselines(x, keys, baselines)
         samples = next(iter(base.values())).shape[1]
+        layout = self._layout()
 
         # Rows are (example, sample) pairs: examples repeated S times, each with its own baseline.
-        rep = lambda a: np.repeat(a, samples, axis=0)  # noqa: E731
-        r_inputs = {k: rep(v) for k, v in model_inputs.items()}
-        r_x = {k: rep(v) for k, v in x.items()}
-        r_base = {k: v.reshape((n * samples, *v.shape[2:])) for k, v in base.items()}
+        def rep(a: np.ndarray) -> np.ndarray:
+            return a if samples == 1 else np.repeat(a, samples, axis=0)
+
+        rest = {k: rep(v) for k, v in model_inputs.items() if k not in self.attributed_specs}
+        r_x = {k: rep(v) for k, v in layout.pack(x).items()}
+        r_base = layout.pack({k: v.reshape((n * samples, *v.shape[2:])) for k, v in base.items()})
         r_req = rep(requested)
 
-        out, out_b, chosen, grads = self._run_chunks(r_inputs, r_x, r_base, r_req)
+        out, out_b, chosen, grads = self._run_chunks(rest, r_x, r_base, r_req)
         self._check_targets(out.shape[1], chosen)
         rows = np.arange(len(chosen))
         fx = out[rows, chosen].astype(np.float64)
         fb = out_b[rows, chosen].astype(np.float64)
 
-        attributions = {}
-        for name in x:
-            diff = r_x[name].astype(np.float64) - r_base[name].astype(np.float64)
-            per_row = diff * grads[name]
-            attributions[name] = per_row.reshape((n, samples, *per_row.shape[1:])).mean(axis=1)
-        total = sum(a.reshape(n, -1).sum(axis=1) for a in attributions.values())
+        packed = {}
+        for key in layout.groups:
+            per_row = (r_x[key].astype(np.float64) - r_base[key].astype(np.float64)) * grads[key]
+            packed[key] = per_row.reshape((n, samples, -1)).mean(axis=1)
+        attributions = layout.unpack(packed)
+        total = sum(a.sum(axis=1) for a in packed.values())
         predictions = fx.reshape(n, samples)[:, 0]
         baseline_predictions = fb.reshape(n, samples).mean(axis=1)
         deltas = total - (predictions - baseline_predictions)
@@ -487,32 +595,36 @@ class IntegratedGradients:
         ]
         return {k: np.concatenate([p[k].numpy() for p in parts]) for k in self.attributed_specs}
 
-    def _run_chunks(self, inputs: dict, x: dict, base: dict, requested: np.ndarray) -> tuple:
+    def _run_chunks(self, rest: dict, x: dict, base: dict, requested: np.ndarray) -> tuple:
         """Runs the fused chunk function over bounded chunks; returns host arrays.
 
+        `rest` holds the non-attributed model inputs, `x` and `base` the packed attributed
+        values and baselines (dtype key -> [N, D]).
+
         Returns:
-          (out_x [N, C], out_b [N, C], chosen [N], grads name -> [N, ...] float64).
+          (out_x [N, C], out_b [N, C], chosen [N], grads dtype key -> [N, D] float64).
         """
         n = len(requested)
         examples, points = rows_per_chunk(self.steps, self.max_rows_per_call)
-        alphas, weights = self.alphas, self.weights
-        if self._chunk_concrete is None:
-            self._chunk_concrete = self._chunk_fn.get_concrete_function()
-        fn = self._chunk_concrete
+        fn = self._chunk_function()
+        rest_specs = {k: self.input_specs[k] for k in rest}
+        dtypes = self._layout().dtypes
         sums = {k: np.zeros(v.shape, np.float64) for k, v in x.items()}
+        path = [
+            (tf.constant(self.alphas[p : p + points]), tf.constant(self.weights[p : p + points]))
+            for p in range(0, self.steps, points)
+        ]
         outs, outs_b, chosen = [], [], []
         for start in range(0, n, examples):
             s = slice(start, min(n, start + examples))
             args = (
-                self._to_tensors({k: v[s] for k, v in inputs.items()}, self.input_specs),
-                self._to_tensors({k: v[s] for k, v in x.items()}, self.attributed_specs),
-                self._to_tensors({k: v[s] for k, v in base.items()}, self.attributed_specs),
+                self._to_tensors({k: v[s] for k, v in rest.items()}, rest_specs),
+                {k: tf.convert_to_tensor(v[s], dtypes[k]) for k, v in x.items()},
+                {k: tf.convert_to_tensor(v[s], dtypes[k]) for k, v in base.items()},
                 tf.constant(requested[s], tf.int32),
             )
-            for p in range(0, self.steps, points):
-                part = fn(
-                    *args, tf.constant(alphas[p : p + points]), tf.constant(weights[p : p + points])
-                )
+            for p, (alphas, weights) in enumerate(path):
+                part = fn(*args, alphas, weights)
                 if p == 0:
                     outs.append(part["out_x"].numpy())
                     outs_b.append(part["out_b"].numpy())
@@ -525,5 +637,7 @@ class IntegratedGradients:
         """How many times each compiled function was traced (1 each after any number of calls)."""
         return {
             "embed": self._embed_fn.experimental_get_tracing_count(),
-            "attribute": self._chunk_fn.experimental_get_tracing_count(),
+            "attribute": (
+                0 if self._chunk_fn is None else self._chunk_fn.experimental_get_tracing_count()
+            ),
         }

@@ -160,6 +160,52 @@ def test_dict_model_with_pass_through_input():
     np.testing.assert_allclose(result.deltas, 0.0, atol=1e-9)
 
 
+def test_mixed_dtypes_and_shapes_pack_exactly():
+    # Attributed inputs of two dtypes and four shapes ([], [1], [3], [2, 2]) travel packed per
+    # dtype; F is linear, so IG is exactly w * (x - x') per value, with a random baseline.
+    specs = {
+        "s": tf.TensorSpec([None], tf.float32),
+        "one": tf.TensorSpec([None, 1], tf.float64),
+        "vec": tf.TensorSpec([None, 3], tf.float32),
+        "mat": tf.TensorSpec([None, 2, 2], tf.float64),
+        "passed": tf.TensorSpec([None, 1], tf.float32),
+    }
+    w = {name: RNG.normal(size=spec.shape[1:]) for name, spec in specs.items()}
+
+    def fn(inputs):
+        total = tf.zeros_like(inputs["s"], tf.float64)
+        for name in ("s", "one", "vec", "mat"):
+            v = tf.cast(inputs[name], tf.float64) * w[name]
+            total += tf.reduce_sum(tf.reshape(v, [tf.shape(v)[0], -1]), axis=1)
+        return total * tf.cast(inputs["passed"][:, 0], tf.float64)
+
+    adapter = ModelAdapter.from_function(fn, specs)
+    names = ["mat", "s", "vec", "one"]  # not grouped by dtype: the order must survive packing
+    ig = IntegratedGradients(
+        adapter,
+        features=names,
+        target=Target("scalar"),
+        steps=4,
+        baseline=Baseline("random_uniform", low=-1.0, high=1.0, seed=3, samples=2),
+    )
+    n = 7
+    inputs = {
+        name: RNG.normal(size=(n, *spec.shape[1:])).astype(spec.dtype.as_numpy_dtype)
+        for name, spec in specs.items()
+    }
+    result = ig.attribute(inputs, keys=[f"k{i}" for i in range(n)])
+    assert list(result.attributions) == names
+    passed = inputs["passed"][:, 0].astype(np.float64)
+    for name in names:
+        x = inputs[name].astype(np.float64)
+        base = result.baselines[name].astype(np.float64).mean(axis=1)
+        expected = w[name] * (x - base) * passed.reshape((n,) + (1,) * (x.ndim - 1))
+        assert result.attributions[name].shape == x.shape
+        np.testing.assert_allclose(result.attributions[name], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.deltas, 0.0, atol=1e-5)
+    assert ig.trace_counts()["attribute"] == 1
+
+
 def test_dict_keras_model_attributions_have_input_shapes():
     adapter = ModelAdapter.from_keras(embedding_model())
     inputs = {"ids": RNG.integers(0, 20, size=(5, 5)), "num": RNG.normal(size=(5, 3))}
