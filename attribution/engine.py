@@ -15,6 +15,7 @@ bounded and the result does not depend on how examples are batched or chunked.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,7 +98,7 @@ class _Packing:
         return cls(groups, {n: tuple(s) for n, s in shapes.items()}, by_key)
 
     def size(self, name: str) -> int:
-        return int(np.prod(self.shapes[name], dtype=np.int64))
+        return math.prod(self.shapes[name])
 
     def width(self, key: str) -> int:
         return sum(self.size(m) for m in self.groups[key])

@@ -14,13 +14,17 @@ measures, on the same model, steps and data:
   the whole `run_job` call is measured: planning, model loading and tracing included.
 * a smaller in-process pipeline run (2 of the 8 shards): the difference to the full run gives
   the pipeline's marginal (per-example) rate and its fixed cost per run.
+* a one-batch in-process pipeline run (256 examples in their own file): the fixed cost of a run
+  measured directly, and with it the ceiling raw / (raw + fixed) that no per-example speed-up
+  can lift the ratio at N above.
 
 Repeats are interleaved (raw, raw 1024, pipeline, pipeline x2, subset, raw, ...) so that a slow
 spell on a shared machine hits every variant alike; medians are reported, with the ratio
 pipeline / raw engine (target >= 0.8). Everything goes to a JSON file (default OUT/results.json).
 
   .venv/bin/python benchmarks/bench_throughput.py [--examples N] [--steps S] [--repeats R]
-      [--out DIR] [--json PATH] [--no-multiprocess] [--no-marginal] [--profile PATH]
+      [--out DIR] [--json PATH] [--no-multiprocess] [--no-marginal] [--no-fixed]
+      [--profile PATH]
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ TARGET_RATIO = 0.8
 KEY_FEATURE = "example_id"
 # The shards of the smaller pipeline run used to separate fixed from per-example costs.
 SUBSET_SHARDS = (0, 1)
+# The one-batch pipeline run that measures the fixed cost of a run directly.
+TINY_EXAMPLES = BATCH_SIZE
 
 IN_PROCESS_ARGS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
 MULTI_PROCESS_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
@@ -138,7 +144,14 @@ def prepare(out: str, n: int) -> dict[str, str]:
     data_dir = os.path.join(out, "data")
     model_path = os.path.join(out, "model.keras")
     manifest_path = os.path.join(out, "inputs.json")
-    manifest = {"examples": n, "seed": SEED, "shards": SHARDS, "features": NUM_FEATURES}
+    tiny_dir = os.path.join(out, "data_tiny")
+    manifest = {
+        "examples": n,
+        "seed": SEED,
+        "shards": SHARDS,
+        "features": NUM_FEATURES,
+        "tiny": TINY_EXAMPLES,
+    }
     try:
         with open(manifest_path) as f:
             reusable = json.load(f) == manifest and os.path.exists(model_path)
@@ -146,10 +159,13 @@ def prepare(out: str, n: int) -> dict[str, str]:
         reusable = False
     if not reusable:
         shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(tiny_dir, ignore_errors=True)
         os.makedirs(out, exist_ok=True)
         start = time.perf_counter()
         build_model(model_path)
-        write_tfrecords(data_dir, make_features(n), example_keys(n), SHARDS)
+        x, keys = make_features(n), example_keys(n)
+        write_tfrecords(data_dir, x, keys, SHARDS)
+        write_tfrecords(tiny_dir, x[:TINY_EXAMPLES], keys[:TINY_EXAMPLES], 1)
         with open(manifest_path, "w") as f:
             json.dump(manifest, f)
         print(f"built model and {n} examples in {time.perf_counter() - start:.1f}s")
@@ -159,6 +175,7 @@ def prepare(out: str, n: int) -> dict[str, str]:
         "model": model_path,
         "pattern": os.path.join(data_dir, "*.tfrecord.gz"),
         "subset_pattern": ",".join(shard_path(data_dir, s) for s in SUBSET_SHARDS),
+        "tiny_pattern": shard_path(tiny_dir, 0),
         "schema": os.path.join(data_dir, "schema.pbtxt"),
     }
 
@@ -316,6 +333,7 @@ PIPE = "pipeline, in-process (1 worker)"
 PIPE_MP = "pipeline, multi_processing (2 workers)"
 PIPE_SUB = "pipeline, in-process, {shards} of {total} shards"
 PIPE_MARGINAL = "pipeline, in-process, marginal (derived)"
+PIPE_TINY = "pipeline, in-process, {n} examples (one batch)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -345,6 +363,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-marginal",
         action="store_true",
         help="skip the smaller pipeline run that separates fixed from per-example costs",
+    )
+    parser.add_argument(
+        "--no-fixed",
+        action="store_true",
+        help="skip the one-batch pipeline run that measures the fixed cost of a run",
     )
     parser.add_argument(
         "--profile",
@@ -444,6 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub_name = PIPE_SUB.format(shards=len(SUBSET_SHARDS), total=SHARDS)
     marginal = not args.no_marginal and 0 < n_sub < n
     sub_config = job_config(paths, steps, os.path.join(out, "job_subset"), paths["subset_pattern"])
+    n_tiny = min(TINY_EXAMPLES, n)
+    tiny_name = PIPE_TINY.format(n=n_tiny)
+    tiny_config = job_config(paths, steps, os.path.join(out, "job_tiny"), paths["tiny_pattern"])
     runner = [f"--runner={args.runner}"] if args.runner else []
     in_args, mp_args = [*runner, *IN_PROCESS_ARGS], [*runner, *MULTI_PROCESS_ARGS]
 
@@ -460,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants.append((PIPE_MP, n, lambda: run_pipeline(config, mp_args, n)))
     if marginal:
         variants.append((sub_name, n_sub, lambda: run_pipeline(sub_config, in_args, n_sub)))
+    if not args.no_fixed:
+        variants.append((tiny_name, n_tiny, lambda: run_pipeline(tiny_config, in_args, n_tiny)))
     runs: dict[str, list[tuple[float, float | None]]] = {name: [] for name, _, _ in variants}
     # Interleaved, so that a slow spell on a shared machine hits every variant alike.
     for repeat in range(args.repeats):
@@ -497,6 +525,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows[-1]["implied_fixed_seconds"] = {
             k: round(full[k] - extra[k] * n / (n - n_sub), 3) for k in ESTIMATES
         }
+    ceiling = None
+    if not args.no_fixed:
+        # The fixed cost of a run: the one-batch run less its examples at the raw engine's
+        # rate (so the estimate errs low). With it, the best ratio a pipeline could reach at N
+        # if its per-example work cost no more than the raw engine's.
+        tiny, raw_s = by_name[tiny_name]["seconds"], by_name[RAW]["seconds"]
+        fixed = {k: tiny[k] - raw_s[k] * n_tiny / n for k in ESTIMATES}
+        ceiling = {
+            "fixed_seconds": {k: round(v, 3) for k, v in fixed.items()},
+            "ceiling_ratio": {k: round(raw_s[k] / (raw_s[k] + fixed[k]), 3) for k in ESTIMATES},
+            "how": f"fixed = {n_tiny}-example run - {n_tiny} examples at the raw rate; "
+            "ceiling = raw / (raw + fixed): the ratio at N if per-example work were free",
+        }
     _finish(rows, by_name[RAW])
     ratio = by_name[PIPE]["ratio_to_raw"]
 
@@ -514,6 +555,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"on median wall time ({verdict} the {TARGET_RATIO} target); {ratio['min']:.2f} on "
         f"best wall time; {ratio['cpu']:.2f} on CPU time"
     )
+    if ceiling:
+        fixed, top = ceiling["fixed_seconds"], ceiling["ceiling_ratio"]
+        print(
+            f"fixed cost of a run: {fixed['median']:.2f}s (median; {n_tiny}-example run less "
+            f"its examples at the raw rate); with per-example work free, the ratio at N={n} "
+            f"could reach at most {top['median']:.2f} (median), {top['min']:.2f} (best)"
+        )
 
     results = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -546,6 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "raw_engine_first_call_seconds": round(raw.warmup_seconds, 3),
         "variants": rows,
         "ratio_pipeline_to_raw": ratio,
+        "fixed_cost": ceiling,
         "target_ratio": TARGET_RATIO,
         "profile_top_cumulative": profile_top,
     }
