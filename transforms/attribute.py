@@ -439,8 +439,9 @@ class AttributeBatchDoFn(beam.DoFn):
                     yield self._dead_letter(good_records[pos], STAGE_MODEL, reason, keys[pos])
                 continue
             self._examples.inc(len(positions))
-            for d in np.abs(result.deltas):
-                self._abs_delta.update(int(min(d, 1e12) * 1e6))
+            micros = (np.minimum(np.abs(result.deltas), 1e12) * 1e6).astype(np.int64)
+            for d in micros.tolist():
+                self._abs_delta.update(d)
             yield self._result_batch(
                 batch, positions, np.array(keys, dtype=object)[positions], result
             )

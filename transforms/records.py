@@ -83,6 +83,7 @@ _MAX_UNVERIFIED_LENGTH = 64 * 1024**2
 
 _CRC_MASK_DELTA = 0xA282EAD8
 _U64 = struct.Struct("<Q")
+_HEADER = struct.Struct("<QI")  # length, masked CRC of the length
 _U32 = struct.Struct("<I")
 
 OpenFn = Callable[[str], BinaryIO]
@@ -364,6 +365,13 @@ class _SlidingBuffer:
         with memoryview(self._buf) as view:
             return view[self._start + begin : self._start + end].tobytes()
 
+    def buffered(self) -> tuple[bytearray, int, int]:
+        """(buffer, cursor index, end index): the buffered bytes, to scan without copying.
+
+        Valid until the next `fill` or `skip`; the caller must not modify the buffer.
+        """
+        return self._buf, self._start, len(self._buf)
+
     def skip(self, n: int) -> None:
         """Advances the cursor by `n` buffered bytes."""
         self._start += n
@@ -424,9 +432,42 @@ class _TFRecordStreamReader:
         end = rel + _FRAME_OVERHEAD + length
         return self._buf.fill(end) >= end and self._data_crc_ok(rel, length)
 
+    def _intact_buffered(self) -> list[Record]:
+        """Every complete record with valid CRCs at the head of the buffer, in one tight loop.
+
+        The common case, without the per-record bookkeeping of the careful path: it stops at
+        the first record that is incomplete or fails a check and leaves that one (and any
+        damage) to `__iter__`'s careful path, so the results are the same.
+        """
+        data, start, end = self._buf.buffered()
+        base = self._buf.pos - start  # absolute offset = base + index in `data`
+        path, index, pos = self._path, self._index, start
+        records = []
+        with memoryview(data) as view:
+            while end - pos >= _HEADER_SIZE:
+                length, length_crc = _HEADER.unpack_from(data, pos)
+                data_begin = pos + _HEADER_SIZE
+                data_end = data_begin + length
+                if (
+                    length > MAX_RECORD_LENGTH
+                    or data_end + _FOOTER_SIZE > end
+                    or masked_crc32c(view[pos : pos + 8].tobytes()) != length_crc
+                ):
+                    break
+                payload = view[data_begin:data_end].tobytes()
+                if masked_crc32c(payload) != _U32.unpack_from(data, data_end)[0]:
+                    break
+                records.append(Record(path, index, base + pos, payload))
+                index += 1
+                pos = data_end + _FOOTER_SIZE
+        self._index = index
+        self._buf.skip(pos - start)
+        return records
+
     def __iter__(self) -> Iterator[Record | DeadLetter]:
         buf = self._buf
         while not self._done:
+            yield from self._intact_buffered()
             have = buf.fill(_HEADER_SIZE)
             if have < _HEADER_SIZE:
                 if buf.error is not None:
