@@ -24,6 +24,8 @@ from transforms.records import (
     ReadTFRecords,
     Record,
     _header_candidates,
+    chunk_length,
+    chunk_records,
     expand_file_pattern,
     iter_tfrecord_file,
     masked_crc32c,
@@ -542,3 +544,39 @@ def test_beam_read_tfrecords_splits_records_and_dead_letters(tmp_path):
         name = counter.key.metric.name
         counters[name] = counters.get(name, 0) + counter.committed
     assert counters == {"records_read": 14 + 9, "read_dead_letters": 2 + 1, "files_read": 4}
+
+
+def test_chunked_read_holds_the_same_records_in_plain_builtins(tmp_path):
+    # Chunks are (file, indices, offsets, payloads) of builtins, so Beam's default coder encodes
+    # them natively; `chunk_records` gives back exactly the records an unchunked read yields.
+    payloads = _examples(10, seed=3)
+    offsets = _offsets(payloads)
+    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    damaged = tmp_path / "damaged.tfrecord"
+    damaged.write_bytes(_flip(data, offsets[4] + 14))  # record 4 dead-lettered, index kept
+    clean = _write(tmp_path / "clean.tfrecord.gz", _examples(7, seed=4), gzip=True)
+    files = [str(damaged), str(clean)]
+    expected = [tuple(r) for f in files for r in iter_tfrecord_file(f) if isinstance(r, Record)]
+    assert len(expected) == 9 + 7
+
+    def check_chunk(chunk):
+        file, indices, offsets_, payloads_ = chunk
+        assert type(chunk) is tuple and type(file) is str
+        assert all(type(v) is list for v in (indices, offsets_, payloads_))
+        assert 1 <= chunk_length(chunk) <= 3
+        assert indices == sorted(indices)
+        return [tuple(r) for r in chunk_records(chunk)]
+
+    pipeline = beam_test_pipeline.TestPipeline(runner=FnApiRunner())
+    result = pipeline | "Read" >> ReadTFRecords(files, chunk_size=3)
+    assert_that(
+        result.records | "Unchunk" >> beam.FlatMap(check_chunk),
+        equal_to(expected),
+        label="CheckRecords",
+    )
+    assert_that(
+        result.dead_letters | "Indices" >> beam.Map(lambda d: (d.file, d.record_index)),
+        equal_to([(str(damaged), 4)]),
+        label="CheckDeadLetters",
+    )
+    pipeline.run().wait_until_finish()

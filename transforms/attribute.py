@@ -35,7 +35,7 @@ from transforms.dead_letters import (
     DeadLetter,
 )
 from transforms.decode import ExampleDecoder, dense_column, fixed_length, scalar_or_list
-from transforms.records import Record
+from transforms.records import Record, RecordChunk, chunk_length, chunk_records
 
 METRICS_NAMESPACE = "igbeam"
 ATTRIBUTION_PREFIX = "attr_"
@@ -248,7 +248,7 @@ class _Rows:
 
 
 class AttributeBatchDoFn(beam.DoFn):
-    """Decodes, validates and attributes a batch of records (`list[Record]`).
+    """Decodes, validates and attributes a batch of record chunks (`list[RecordChunk]`).
 
     Main output: `pa.RecordBatch` with `output_schema`. Tagged output `DEAD_LETTER_TAG`:
     `DeadLetter` for every record that was not attributed.
@@ -400,8 +400,8 @@ class AttributeBatchDoFn(beam.DoFn):
 
     # --------------------------------------------------------------------------------- process
 
-    def process(self, chunks: Sequence[Sequence[Record]]) -> Iterator[Any]:
-        records = [r for chunk in chunks for r in chunk]
+    def process(self, chunks: Sequence[RecordChunk]) -> Iterator[Any]:
+        records = [r for chunk in chunks for r in chunk_records(chunk)]
         if self._load_to_report:
             self._loads.inc()
             self._load_to_report = False
@@ -454,9 +454,9 @@ def _short(err: BaseException) -> str:
 
 
 class AttributeRecords(beam.PTransform):
-    """Batches record chunks and attributes them: PCollection[list[Record]] -> (results, dead).
+    """Batches record chunks and attributes them: PCollection[RecordChunk] -> (results, dead).
 
-    The input holds lists of records (`ReadTFRecords(..., chunk_size=batch_size)`), batched to
+    The input holds record chunks (`ReadTFRecords(..., chunk_size=batch_size)`), batched to
     about `batch_size` records per model call without one Beam element per record.
 
     Returns a `DoOutputsTuple` whose main output holds `pa.RecordBatch` per-example results and
@@ -495,7 +495,7 @@ class AttributeRecords(beam.PTransform):
             >> beam.BatchElements(
                 min_batch_size=self._batch_size,
                 max_batch_size=self._batch_size,
-                element_size_fn=len,
+                element_size_fn=chunk_length,
             )
             | "Attribute" >> beam.ParDo(fn).with_outputs(DEAD_LETTER_TAG, main="results")
         )

@@ -107,6 +107,25 @@ class Record(NamedTuple):
     data: bytes
 
 
+RecordChunk = tuple[str, list[int], list[int], list[bytes]]
+"""Consecutive `Record`s of one file, columnar: (file, indices, offsets, payloads).
+
+Plain builtins on purpose: Beam's default coder encodes them natively, and it encodes every
+element it samples for its size metrics; a list of `Record`s would be pickled record by record.
+"""
+
+
+def chunk_records(chunk: RecordChunk) -> list[Record]:
+    """The `Record`s of a chunk."""
+    file, indices, offsets, payloads = chunk
+    return [Record(file, i, o, d) for i, o, d in zip(indices, offsets, payloads, strict=True)]
+
+
+def chunk_length(chunk: RecordChunk) -> int:
+    """The number of records in a chunk."""
+    return len(chunk[3])
+
+
 def masked_crc32c(data: bytes) -> int:
     """Returns the TFRecord "masked" CRC32C of `data`."""
     crc = google_crc32c.value(data)
@@ -728,10 +747,12 @@ class _ReadFileDoFn(beam.DoFn):
         self._dead_letters = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read_dead_letters")
         self._files_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "files_read")
 
-    def process(self, path: str) -> Iterator[Record | beam.pvalue.TaggedOutput]:
-        """Yields the records of the file at `path` and tagged dead letters."""
+    def process(self, path: str) -> Iterator[Record | RecordChunk | beam.pvalue.TaggedOutput]:
+        """Yields the records (or record chunks) of the file at `path` and tagged dead letters."""
         self._files_read.inc()
-        chunk: list[Record] = []
+        indices: list[int] = []
+        offsets: list[int] = []
+        payloads: list[bytes] = []
         for item in iter_tfrecord_file(path, open_fn=self._open_fn):
             if isinstance(item, DeadLetter):
                 self._dead_letters.inc()
@@ -740,14 +761,16 @@ class _ReadFileDoFn(beam.DoFn):
                 self._records_read.inc()
                 yield item
             else:
-                chunk.append(item)
-                if len(chunk) >= self._chunk_size:
-                    self._records_read.inc(len(chunk))
-                    yield chunk
-                    chunk = []
-        if chunk:
-            self._records_read.inc(len(chunk))
-            yield chunk
+                indices.append(item.index)
+                offsets.append(item.offset)
+                payloads.append(item.data)
+                if len(payloads) >= self._chunk_size:
+                    self._records_read.inc(len(payloads))
+                    yield (path, indices, offsets, payloads)
+                    indices, offsets, payloads = [], [], []
+        if payloads:
+            self._records_read.inc(len(payloads))
+            yield (path, indices, offsets, payloads)
 
 
 class ReadTFRecordFiles(beam.PTransform):
@@ -770,8 +793,9 @@ class ReadTFRecordFiles(beam.PTransform):
         Args:
           open_fn: Opens a path for raw binary reading; defaults to Beam's FileSystems.
           label: Optional transform label.
-          chunk_size: When set, the main output holds lists of up to `chunk_size` consecutive
-            `Record`s of one file instead of single records (far fewer Beam elements).
+          chunk_size: When set, the main output holds `RecordChunk`s of up to `chunk_size`
+            consecutive records of one file instead of single records (far fewer Beam
+            elements; see `chunk_records`).
         """
         super().__init__(label)
         self._open_fn = open_fn
@@ -786,7 +810,7 @@ class ReadResult(NamedTuple):
     """The outputs of `ReadTFRecords`.
 
     Attributes:
-      records: PCollection of `Record`.
+      records: PCollection of `Record` (of `RecordChunk` when read with a `chunk_size`).
       dead_letters: PCollection of `DeadLetter` (stage `STAGE_READ`).
     """
 
@@ -817,7 +841,8 @@ class ReadTFRecords(beam.PTransform):
           files: Paths of the files to read (see `expand_file_pattern`).
           open_fn: Opens a path for raw binary reading; defaults to Beam's FileSystems.
           label: Optional transform label.
-          chunk_size: Emit lists of up to `chunk_size` records (see `ReadTFRecordFiles`).
+          chunk_size: Emit `RecordChunk`s of up to `chunk_size` records (see
+            `ReadTFRecordFiles`).
         """
         super().__init__(label)
         self._files = list(files)
