@@ -88,3 +88,20 @@ def test_dense_column_fast_path_and_slices():
     values, reasons = dense_column(sliced_bad, 1, np.float32, "x")
     assert reasons == ["feature 'x' has NaN or Inf values", ""]
     assert values[1, 0] == 2.0
+
+
+def test_dense_column_regular_offsets_of_both_list_types():
+    # Regular offsets take the fast path for list (int32 offsets) and large_list (int64); a
+    # NaN in such a column still gets its reason.
+    for list_type in (pa.list_(pa.float32()), pa.large_list(pa.float32())):
+        clean = pa.array([[1.0, 2.0], [3.0, 4.0]], list_type)
+        values, reasons = dense_column(clean, 2, np.float32, "v")
+        assert reasons is None
+        np.testing.assert_array_equal(values, [[1.0, 2.0], [3.0, 4.0]])
+        with_nan = pa.array([[1.0, 2.0], [np.nan, 4.0], [5.0, 6.0]], list_type)
+        values, reasons = dense_column(with_nan, 2, np.float32, "v")
+        assert reasons == ["", "feature 'v' has NaN or Inf values", ""]
+        np.testing.assert_array_equal(values[2], [5.0, 6.0])
+        # Regular lengths but the wrong number per example: not mistaken for the fast path.
+        values, reasons = dense_column(clean, 1, np.float32, "v")
+        assert reasons == ["feature 'v' has 2 values, expected 1"] * 2

@@ -271,6 +271,7 @@ class AttributeBatchDoFn(beam.DoFn):
         self._shared = shared.Shared()  # one engine per worker process
         self._loaded: LoadedEngine | LoadedExport | None = None
         self._decoder: ExampleDecoder | None = None
+        self._layout: list[tuple[str, int, tuple[int, ...], np.dtype]] | None = None
         ns = METRICS_NAMESPACE
         self._examples = beam.metrics.Metrics.counter(ns, "examples_attributed")
         self._batches = beam.metrics.Metrics.counter(ns, "batches")
@@ -329,17 +330,25 @@ class AttributeBatchDoFn(beam.DoFn):
         """Dense arrays of the features the model reads, and a reason per unusable row."""
         reasons = [""] * batch.num_rows
         arrays: dict[str, np.ndarray] = {}
-        for name, spec in self._loaded.feature_specs.items():
+        for name, per, shape, dtype in self._feature_layout():
             index = batch.schema.get_field_index(name)
             if index < 0:
                 return {}, [f"feature {name!r} is not in the schema"] * batch.num_rows
-            shape = spec.shape[1:]
-            per = int(np.prod(shape.as_list())) if shape.rank else 1
-            values, why = dense_column(batch.column(index), per, spec.dtype.as_numpy_dtype, name)
-            arrays[name] = values.reshape((batch.num_rows, *shape.as_list()))
+            values, why = dense_column(batch.column(index), per, dtype, name)
+            arrays[name] = values.reshape((batch.num_rows, *shape))
             if why is not None:
                 reasons = [a or b for a, b in zip(reasons, why, strict=True)]
         return arrays, reasons
+
+    def _feature_layout(self) -> list[tuple[str, int, tuple[int, ...], np.dtype]]:
+        """(name, values per example, shape, numpy dtype) of each feature the model reads."""
+        if self._layout is None:
+            self._layout = []
+            for name, spec in self._loaded.feature_specs.items():
+                shape = tuple(spec.shape[1:].as_list())
+                per = int(np.prod(shape)) if shape else 1
+                self._layout.append((name, per, shape, spec.dtype.as_numpy_dtype))
+        return self._layout
 
     def _attribute(self, rows: _Rows) -> Iterator[tuple[np.ndarray, Any, str]]:
         """Yields (positions, Attribution or None, reason); splits failing batches in halves."""

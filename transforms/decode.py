@@ -9,6 +9,7 @@ for bad data: callers turn the reasons into dead letters.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -171,6 +172,12 @@ class ExampleDecoder:
             raise
 
 
+@functools.lru_cache(maxsize=64)
+def _regular_offsets(n: int, per_example: int, offset_type: pa.DataType) -> pa.Array:
+    """The offsets of a list column with exactly `per_example` values in each of `n` rows."""
+    return pa.array(np.arange(0, (n + 1) * per_example, per_example), offset_type)
+
+
 def dense_column(
     column: pa.Array, per_example: int, dtype: np.dtype, name: str
 ) -> tuple[np.ndarray, list[str] | None]:
@@ -190,9 +197,16 @@ def dense_column(
     n = len(column)
     if n == 0:
         return np.zeros((0, per_example), dtype=dtype), None
+    if column.null_count == 0 and column.offsets.equals(
+        _regular_offsets(n, per_example, column.offsets.type)
+    ):  # the common, fast path: every row has exactly `per_example` values, from offset 0
+        flat = column.values.slice(0, n * per_example)
+        out = flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, per_example)
+        if not np.issubdtype(out.dtype, np.floating) or np.isfinite(out).all():
+            return out, None
     offsets = column.offsets.to_numpy()
     lengths = np.diff(offsets)
-    if column.null_count == 0 and np.all(lengths == per_example):  # the common, fast path
+    if column.null_count == 0 and np.all(lengths == per_example):
         flat = column.values.slice(offsets[0], offsets[-1] - offsets[0])
         out = flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, per_example)
         if not np.issubdtype(out.dtype, np.floating) or np.isfinite(out).all():
