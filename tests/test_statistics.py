@@ -490,3 +490,36 @@ def test_buffered_sketch_keeps_raw_values_then_promotes(raw_values_limit: int):
     ranks = np.searchsorted(np.sort(merged), boundaries, side="right")
     expected = np.linspace(0, len(merged), 11)
     assert np.all(np.abs(ranks - expected) <= 0.01 * len(merged) + 2)  # + rank rounding
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_raw_quantiles_are_exact(with_nan: bool, raw_values_limit: int):
+    # Below the raw limit every quantile is numpy's inverted-CDF quantile of the slice's
+    # values, whether the features are done together (equal counts: no NaN) or one by one.
+    rng = np.random.default_rng(11)
+    n = 30
+    cols = {
+        "prediction": rng.random(n),
+        "delta": rng.normal(size=n) * 1e-4,
+        "target": rng.integers(0, 3, n),
+        "attr_a": rng.standard_cauchy(n),
+        "attr_b": rng.normal(size=n),
+    }
+    if with_nan:
+        cols["attr_b"][[3, 17]] = np.nan
+    table = pa.table(cols)
+    stats = compute_statistics(
+        [table], features=["a", "b"], slice_by_target=True, quantiles=QUANTILES
+    )
+    probs = np.linspace(0.0, 1.0, QUANTILES + 1)
+    for row in stats.features.to_pylist():
+        rows = np.ones(n, bool)
+        if row["slice_name"] == "target":
+            rows = cols["target"] == int(row["slice_value"])
+        values = cols["attr_" + row["feature"]][rows]
+        values = values[~np.isnan(values)]
+        expected = np.quantile(values, probs, method="inverted_cdf")
+        if len(values) <= raw_values_limit:
+            np.testing.assert_array_equal(row["quantiles"], expected, err_msg=str(row))
+        else:
+            assert row["quantiles"][0] == values.min() and row["quantiles"][-1] == values.max()

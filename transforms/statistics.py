@@ -181,6 +181,14 @@ class _BufferedSketch:
         elif len(self.values) > 1:
             self.values = [np.concatenate(self.values)]
 
+    def raw_values(self) -> np.ndarray | None:
+        """The values when still raw (exact quantiles), else None (a sketch holds them)."""
+        if self.sketch is not None:
+            return None
+        if len(self.values) > 1:
+            self.values = [np.concatenate(self.values)]
+        return self.values[0] if self.values else np.zeros(0, np.float64)
+
     def GetQuantiles(self, buckets: int) -> pa.Array:  # noqa: N802
         """`buckets + 1` boundaries as a one-row list array (exact below the raw limit)."""
         if self.sketch is not None:
@@ -594,12 +602,27 @@ class AttributionStatsCombineFn(beam.CombineFn):
 
         `GetQuantiles` finalises a sketch, so it runs on a copy to keep `sketch` usable.
         """
+        raw = sketch.raw_values() if isinstance(sketch, _BufferedSketch) else None
+        if raw is not None:
+            return _exact_quantiles(raw[np.newaxis], buckets)[0]
         copy = self._make_sketch()
         copy.Merge(sketch)
         result = copy.GetQuantiles(buckets)
         if len(result) == 0:
             return np.full(buckets + 1, np.nan)
         return result.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+
+    def _feature_quantiles(self, state: _SliceAccumulator) -> list[np.ndarray]:
+        """The quantile boundaries of every feature of a slice.
+
+        Features whose values are still raw and equally many (the usual case: no NaNs) are
+        done in one vectorised call; the others one by one.
+        """
+        raws = [sketch.raw_values() for sketch in state.sketches]
+        sizes = {len(r) for r in raws if r is not None}
+        if raws and all(r is not None for r in raws) and len(sizes) == 1:
+            return list(_exact_quantiles(np.stack(raws), self._quantiles))
+        return [self._final_quantiles(sketch, self._quantiles) for sketch in state.sketches]
 
     def extract_output(self, accumulator: _Accumulator) -> AttributionStatistics:
         """Renders the accumulator as `AttributionStatistics` (empty tables when empty)."""
@@ -616,6 +639,7 @@ class AttributionStatsCombineFn(beam.CombineFn):
         slice_columns: dict[str, list] = {name: [] for name in SLICE_STATS_SCHEMA.names}
         for key in keys:
             state = accumulator.slices[key]
+            quantiles = self._feature_quantiles(state)
             count = state.count
             has_data = count > 0
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -644,9 +668,7 @@ class AttributionStatsCombineFn(beam.CombineFn):
                 feature_columns["std"].append(float(std[j]))
                 feature_columns["min"].append(float(mins[j]))
                 feature_columns["max"].append(float(maxs[j]))
-                feature_columns["quantiles"].append(
-                    self._final_quantiles(state.sketches[j], self._quantiles).tolist()
-                )
+                feature_columns["quantiles"].append(quantiles[j].tolist())
                 feature_columns["share"].append(float(share[j]))
                 feature_columns["rank"].append(int(ranks[j]))
             delta_quantiles = self._final_quantiles(state.abs_delta_sketch, _DELTA_BUCKETS)
@@ -667,6 +689,16 @@ class AttributionStatsCombineFn(beam.CombineFn):
             features=pa.Table.from_pydict(feature_columns, schema=FEATURE_STATS_SCHEMA),
             slices=pa.Table.from_pydict(slice_columns, schema=SLICE_STATS_SCHEMA),
         )
+
+
+def _exact_quantiles(values: np.ndarray, buckets: int) -> np.ndarray:
+    """[F, buckets + 1] inverted-CDF quantile boundaries of each row of `values` [F, n].
+
+    NaN rows when n == 0. The same values as `np.quantile(..., method="inverted_cdf")`.
+    """
+    if values.shape[1] == 0:
+        return np.full((values.shape[0], buckets + 1), np.nan)
+    return np.quantile(values, np.linspace(0.0, 1.0, buckets + 1), axis=1, method="inverted_cdf").T
 
 
 class ComputeAttributionStatistics(beam.PTransform):
