@@ -43,6 +43,7 @@ from transforms.attribute import (
     AttributeRecords,
     EngineSpec,
     attribution_schema,
+    offer_loaded_engine,
 )
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_to_row
 from transforms.decode import feature_names, infer_schema, load_schema, schema_to_text
@@ -90,7 +91,11 @@ class JobError(ValueError):
 
 @dataclasses.dataclass
 class Plan:
-    """What the launcher resolved before building the pipeline (no TF objects)."""
+    """What the launcher resolved before building the pipeline.
+
+    `loaded` is the engine the launcher built for its checks: never pickled into the pipeline,
+    only offered to workers that run in this process (see `offer_loaded_engine`).
+    """
 
     config: JobConfig
     files: list[str]
@@ -99,6 +104,7 @@ class Plan:
     output_schema: pa.Schema
     attributed: list[str]
     schema_inferred: bool
+    loaded: Any = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def _join(*parts: str) -> str:
@@ -193,7 +199,7 @@ def plan_job(config: JobConfig) -> Plan:
     except ValueError as err:
         raise JobError(f"attribution: {err}") from err
     _check_writable(config.output.path)
-    return Plan(config, files, schema, spec, output_schema, list(sizes), schema_inferred)
+    return Plan(config, files, schema, spec, output_schema, list(sizes), schema_inferred, loaded)
 
 
 def _check_writable(path: str) -> None:
@@ -423,8 +429,11 @@ def run_job(
     options = PipelineOptions(list(beam_args))
     pipeline = beam.Pipeline(runner=_runner(options), options=options)
     build_pipeline(pipeline, plan)
-    result = pipeline.run()
-    state = result.wait_until_finish()
+    # Workers in this process (the DirectRunner) take the launcher's engine instead of loading
+    # the model a second time; elsewhere each worker process loads its own.
+    with offer_loaded_engine(plan.spec, plan.loaded):
+        result = pipeline.run()
+        state = result.wait_until_finish()
     if state not in (None, beam.runners.runner.PipelineState.DONE):
         raise RuntimeError(f"pipeline finished in state {state}")
     _ensure_file(_join(out, "attributions"), plan.output_schema)

@@ -154,6 +154,26 @@ def test_multiprocessing_direct_runner_loads_one_model_per_worker(tabular, tmp_p
     assert read_attributions(out).key.is_unique
 
 
+def test_in_process_run_loads_the_model_once_and_keeps_no_engine(tabular, tmp_path, monkeypatch):
+    # The launcher builds the engine for its checks; the in-process worker takes that one
+    # instead of loading the model again. The offer ends with the run: a second run loads anew.
+    from transforms import attribute
+
+    root, _ = tabular
+    loads = []
+    original = attribute.EngineSpec.load
+    monkeypatch.setattr(
+        attribute.EngineSpec, "load", lambda spec: loads.append(spec) or original(spec)
+    )
+    config = parse_config(job_config(root, tmp_path / "run"))
+    for run in (1, 2):
+        summary = run_job(config, ["--direct_num_workers=1"])
+        assert summary["counts"]["examples_attributed"] == 300
+        assert summary["metrics"]["model_loads"] == 1
+        assert len(loads) == run  # only the launcher's, once per run
+        assert attribute._OFFERED == {}
+
+
 def _write_examples(path, rows):
     with tf.io.TFRecordWriter(str(path)) as writer:
         for row in rows:

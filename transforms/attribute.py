@@ -12,6 +12,7 @@ it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -90,6 +91,28 @@ class EngineSpec:
             max_rows_per_call=self.max_rows_per_call,
         )
         return LoadedEngine(model, preprocess, engine)
+
+
+_OFFERED: dict[str, Any] = {}
+"""Engines built by the launcher, by spec tag, for workers that run in the same process."""
+
+
+@contextlib.contextmanager
+def offer_loaded_engine(spec: EngineSpec, loaded: Any) -> Iterator[None]:
+    """Offers `loaded` (built from `spec`) to `AttributeBatchDoFn`s in this process.
+
+    The launcher builds the engine anyway, to check the model against the schema; on a runner
+    whose workers share its process (the DirectRunner) the first worker takes it instead of
+    loading the model again. Workers elsewhere never see it. The offer ends with the block, so
+    no later run can pick up a stale engine.
+    """
+    tag = repr(spec)
+    if loaded is not None:
+        _OFFERED[tag] = loaded
+    try:
+        yield
+    finally:
+        _OFFERED.pop(tag, None)
 
 
 def _size(name: str, shape: tf.TensorShape) -> int:
@@ -284,10 +307,11 @@ class AttributeBatchDoFn(beam.DoFn):
         self._abs_delta = beam.metrics.Metrics.distribution(ns, "abs_delta_micros")
 
     def setup(self) -> None:
-        def build() -> LoadedEngine:
+        def build() -> LoadedEngine | LoadedExport:
             # Metrics updated in setup() are not attributed to a step: count it in process().
             self._load_to_report = True
-            return self._spec.load()
+            offered = _OFFERED.pop(repr(self._spec), None)
+            return offered if offered is not None else self._spec.load()
 
         self._load_to_report = False
         self._loaded = self._shared.acquire(build, tag=repr(self._spec))
