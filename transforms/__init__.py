@@ -1,1 +1,72 @@
-"""igbeam transforms package."""
+"""igbeam's Beam transforms: read TFRecords, attribute, compute statistics, write a run's outputs.
+
+The public surface, re-exported from the modules that implement it::
+
+    from transforms import ReadTFRecords, AttributeRecords, WriteRunOutputs
+
+Names load on first use (PEP 562), so `import transforms.tfrecords` (the pure record reader) or
+`import transforms.constants` does not import Apache Beam.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    # reading
+    "ReadTFRecords": "transforms.records",
+    "ReadTFRecordFiles": "transforms.records",
+    "ReadResult": "transforms.records",
+    "expand_file_pattern": "transforms.records",
+    "Record": "transforms.tfrecords",
+    "RecordChunk": "transforms.tfrecords",
+    "iter_tfrecord_file": "transforms.tfrecords",
+    # attribution
+    "AttributeRecords": "transforms.attribute",
+    "AttributeResult": "transforms.attribute",
+    "AttributeBatchDoFn": "transforms.attribute",
+    "Attributor": "transforms.attribute",
+    "EngineSpec": "transforms.attribute",
+    # statistics
+    "AttributionStatistics": "transforms.statistics",
+    "AttributionStatsCombineFn": "transforms.statistics",
+    "ComputeAttributionStatistics": "transforms.statistics",
+    # outputs
+    "WriteRunOutputs": "transforms.outputs",
+    "DeadLetter": "transforms.dead_letters",
+    "DEAD_LETTER_SCHEMA": "transforms.dead_letters",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from transforms.attribute import (
+        AttributeBatchDoFn,
+        AttributeRecords,
+        AttributeResult,
+        Attributor,
+        EngineSpec,
+    )
+    from transforms.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
+    from transforms.outputs import WriteRunOutputs
+    from transforms.records import ReadResult, ReadTFRecordFiles, ReadTFRecords, expand_file_pattern
+    from transforms.statistics import (
+        AttributionStatistics,
+        AttributionStatsCombineFn,
+        ComputeAttributionStatistics,
+    )
+    from transforms.tfrecords import Record, RecordChunk, iter_tfrecord_file
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'transforms' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -11,14 +11,26 @@ from typing import NamedTuple
 
 import pyarrow as pa
 
-# Stages, in pipeline order.
-STAGE_READ = "read"
-STAGE_DECODE = "decode"
-STAGE_VALIDATE = "validate"
-STAGE_MODEL = "model"
-STAGES = (STAGE_READ, STAGE_DECODE, STAGE_VALIDATE, STAGE_MODEL)
+from transforms.constants import (
+    DEAD_LETTER_TAG,
+    STAGE_DECODE,
+    STAGE_MODEL,
+    STAGE_READ,
+    STAGE_VALIDATE,
+    STAGES,
+)
 
-DEAD_LETTER_TAG = "dead_letter"
+__all__ = [
+    "DEAD_LETTER_SCHEMA",
+    "DEAD_LETTER_TAG",
+    "STAGES",
+    "STAGE_DECODE",
+    "STAGE_MODEL",
+    "STAGE_READ",
+    "STAGE_VALIDATE",
+    "DeadLetter",
+    "dead_letter_to_row",
+]
 
 
 class DeadLetter(NamedTuple):

@@ -1,0 +1,63 @@
+"""Names shared by the transforms, the job and the tools that read a run: one place for each.
+
+Pure constants (no imports), so anything can use them: the Beam transforms, the launcher, the
+summary, and readers of a run's outputs.
+"""
+
+from __future__ import annotations
+
+# Beam metrics: every counter and distribution igbeam reports lives in this namespace.
+METRICS_NAMESPACE = "igbeam"
+
+# Counters of the record reader.
+FILES_READ = "files_read"
+RECORDS_READ = "records_read"
+READ_DEAD_LETTERS = "read_dead_letters"
+BYTES_READ = "bytes_read"  # a distribution: raw (compressed) bytes read, one update per file
+
+# Counters and distributions of the attribution step.
+EXAMPLES_ATTRIBUTED = "examples_attributed"
+BATCHES = "batches"
+MODEL_LOADS = "model_loads"
+MODEL_FAILURES = "model_failures"
+ABS_DELTA_MICROS = "abs_delta_micros"
+
+# Dead-letter stages, in pipeline order, and the counter of each.
+STAGE_READ = "read"
+STAGE_DECODE = "decode"
+STAGE_VALIDATE = "validate"
+STAGE_MODEL = "model"
+STAGES = (STAGE_READ, STAGE_DECODE, STAGE_VALIDATE, STAGE_MODEL)
+DEAD_LETTER_COUNTERS = {
+    STAGE_READ: READ_DEAD_LETTERS,
+    STAGE_DECODE: "dead_letters_decode",
+    STAGE_VALIDATE: "dead_letters_validate",
+    STAGE_MODEL: "dead_letters_model",
+}
+
+# Columns of the per-example attributions.
+KEY_COLUMN = "key"
+ATTRIBUTION_PREFIX = "attr_"  # attr_<feature>: one column per attributed feature (or layer)
+
+# Tagged outputs.
+DEAD_LETTER_TAG = "dead_letter"
+
+# The layout of a run's output directory (`output.path`).
+ATTRIBUTIONS_DIR = "attributions"  # part-*.parquet, one row per example
+STATISTICS_DIR = "statistics"
+FEATURE_STATISTICS_FILE = "features.parquet"  # in STATISTICS_DIR: per slice and feature
+SLICE_STATISTICS_FILE = "slices.parquet"  # in STATISTICS_DIR: per slice
+DEAD_LETTER_DIR = "dead_letter"  # part-*.parquet, records not attributed
+DUPLICATE_KEYS_DIR = "duplicate_keys"  # part-*.parquet, keys seen more than once
+SCHEMA_FILE = "schema.pbtxt"  # the TFMD schema used
+SUMMARY_FILE = "summary.json"
+SUCCESS_FILE = "_SUCCESS"  # written last
+OUTPUT_PARTS = (
+    ATTRIBUTIONS_DIR,
+    STATISTICS_DIR,
+    DEAD_LETTER_DIR,
+    DUPLICATE_KEYS_DIR,
+    SCHEMA_FILE,
+    SUMMARY_FILE,
+)
+"""Everything a run writes except `SUCCESS_FILE`; a rerun removes these first."""
