@@ -1,11 +1,14 @@
-"""Tests for transforms.records: robust TFRecord reading and its Beam transforms."""
+"""Tests for transforms.tfrecords (the TFRecord reader) and transforms.records (its Beam source)."""
 
 from __future__ import annotations
 
 import gzip as gzip_module
 import io
+import os
 import random
 import struct
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -17,16 +20,20 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline as beam_test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.dead_letters import DEAD_LETTER_TAG, STAGE_READ, DeadLetter
+from transforms.constants import BYTES_READ, METRICS_NAMESPACE
+from transforms.dead_letters import STAGE_READ, DeadLetter
 from transforms.records import (
-    MAX_RAW_BYTES,
     ReadTFRecordFiles,
     ReadTFRecords,
+    expand_file_pattern,
+    read_tfrecord_file,
+)
+from transforms.tfrecords import (
+    MAX_RAW_BYTES,
     Record,
     _header_candidates,
     chunk_length,
     chunk_records,
-    expand_file_pattern,
     iter_tfrecord_file,
     masked_crc32c,
 )
@@ -527,7 +534,7 @@ def test_beam_read_tfrecords_splits_records_and_dead_letters(tmp_path):
     # The lower-level transform exposes the tagged outputs directly.
     outputs = pipeline | "Paths" >> beam.Create([str(bad)]) | "ReadDirect" >> ReadTFRecordFiles()
     assert_that(
-        outputs[DEAD_LETTER_TAG] | "DirectIndices" >> beam.Map(lambda d: d.record_index),
+        outputs.dead_letters | "DirectIndices" >> beam.Map(lambda d: d.record_index),
         equal_to([3]),
         label="CheckDirectDeadLetters",
     )
@@ -580,3 +587,97 @@ def test_chunked_read_holds_the_same_records_in_plain_builtins(tmp_path):
         label="CheckDeadLetters",
     )
     pipeline.run().wait_until_finish()
+
+
+def test_pure_reader_imports_no_beam():
+    code = (
+        "import sys\n"
+        "import transforms.tfrecords\n"
+        "assert 'apache_beam' not in sys.modules, 'transforms.tfrecords imported apache_beam'\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("tiny_reads", [False, True], ids=["whole", "tiny"])
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_on_read_sees_every_raw_byte_once(tmp_path, gzip, tiny_reads):
+    # Several 256 KiB blocks; half zeros, so a gzip file is about half its decoded size.
+    payloads = [p + bytes(3000) for p in _random_payloads(300, 3000, seed=4)]
+    name = "x.tfrecord.gz" if gzip else "x.tfrecord"
+    path = _write(tmp_path / name, payloads, gzip=gzip)
+    size = os.path.getsize(path)
+    if gzip:
+        assert size < 0.6 * sum(16 + len(p) for p in payloads)  # compressed bytes are counted
+    calls: list[int] = []
+    open_fn = _trickle_open if tiny_reads else None
+
+    records, letters, _ = _read(path, open_fn=open_fn, on_read=calls.append)
+
+    assert letters == [] and [r.data for r in records] == payloads
+    assert sum(calls) == size
+    assert all(n > 0 for n in calls)
+    if tiny_reads:
+        assert len(calls) == -(-size // 7)  # every 7-byte read reported, none twice
+    else:
+        assert len(calls) >= 2
+
+
+def test_on_read_is_called_as_reading_proceeds(tmp_path):
+    payloads = _random_payloads(300, 3000, seed=6)
+    path = _write(tmp_path / "x.tfrecord", payloads)
+    calls: list[int] = []
+
+    items = iter_tfrecord_file(str(path), on_read=calls.append)
+    first = next(items)
+
+    assert first == Record(str(path), 0, 0, payloads[0])
+    assert 0 < sum(calls) < os.path.getsize(path)  # only the first block so far
+    list(items)
+    assert sum(calls) == os.path.getsize(path)
+
+
+def test_on_read_is_not_called_for_a_file_that_cannot_be_opened(tmp_path):
+    calls: list[int] = []
+
+    [letter] = iter_tfrecord_file(str(tmp_path / "missing.tfrecord"), on_read=calls.append)
+
+    assert isinstance(letter, DeadLetter) and calls == []
+
+
+def test_read_tfrecord_file_reads_through_beam_filesystems(tmp_path):
+    payloads = _examples(6, seed=5)
+    plain = _write(tmp_path / "a.tfrecord", payloads)
+    gz = _write(tmp_path / "a.tfrecord.gz", payloads, gzip=True)
+
+    for path in (plain, gz):
+        assert list(read_tfrecord_file(str(path))) == list(iter_tfrecord_file(str(path)))
+    assert [r.data for r in read_tfrecord_file(str(gz))] == payloads
+
+
+def test_beam_read_reports_bytes_read_distribution(tmp_path):
+    plain = _write(tmp_path / "plain.tfrecord", _random_payloads(200, 2000, seed=7))
+    gz = _write(tmp_path / "packed.tfrecord.gz", _examples(50, seed=8), gzip=True)
+    missing = tmp_path / "missing.tfrecord"
+    files = [str(plain), str(gz), str(missing)]
+    sizes = [os.path.getsize(plain), os.path.getsize(gz), 0]
+
+    pipeline = beam_test_pipeline.TestPipeline(runner=FnApiRunner())
+    result = pipeline | "Read" >> ReadTFRecords(files, chunk_size=16)
+    assert_that(
+        result.records | "Count" >> beam.Map(chunk_length) | beam.CombineGlobally(sum),
+        equal_to([200 + 50]),
+    )
+    run = pipeline.run()
+    run.wait_until_finish()
+
+    metrics = run.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    distributions = [d for d in metrics["distributions"] if d.key.metric.name == BYTES_READ]
+    assert distributions, "no bytes_read distribution reported"
+    assert sum(d.committed.sum for d in distributions) == sum(sizes)
+    assert sum(d.committed.count for d in distributions) == len(files)  # one update per file
+    assert max(d.committed.max for d in distributions) == max(sizes)
+    assert min(d.committed.min for d in distributions) == 0  # the missing file
