@@ -1,21 +1,71 @@
-"""igbeam's Integrated Gradients engine: TensorFlow only, importable and testable without Beam."""
+"""igbeam's Integrated Gradients engine: TensorFlow only, importable and testable without Beam.
 
-from attribution.baselines import BASELINE_KINDS, Baseline
-from attribution.engine import Attribution, IntegratedGradients
-from attribution.integration import METHODS, integration_rule
-from attribution.models import ModelAdapter, ModelLoadError, load_model
-from attribution.targets import TARGET_KINDS, Target
+Settings (`Baseline`, `Target`, `METHODS`, ...) and `integration_rule` load without TensorFlow;
+the engine, the model adapters and the SavedModel export load TensorFlow on first use (PEP 562),
+so reading a config or validating settings stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from attribution.errors import ModelLoadError, SettingsError
+from attribution.integration import integration_rule
+from attribution.settings import (
+    BASELINE_KINDS,
+    METHODS,
+    TARGET_KINDS,
+    AttributionConfig,
+    Baseline,
+    BatchingConfig,
+    ModelConfig,
+    Target,
+)
+
+_LAZY = {
+    "Attribution": "attribution.engine",
+    "IntegratedGradients": "attribution.engine",
+    "ModelAdapter": "attribution.models",
+    "load_model": "attribution.models",
+    "ExportedAttributor": "attribution.savedmodel",
+    "export_integrated_gradients": "attribution.savedmodel",
+}
 
 __all__ = [
     "BASELINE_KINDS",
     "METHODS",
     "TARGET_KINDS",
     "Attribution",
+    "AttributionConfig",
     "Baseline",
+    "BatchingConfig",
+    "ExportedAttributor",
     "IntegratedGradients",
     "ModelAdapter",
+    "ModelConfig",
     "ModelLoadError",
+    "SettingsError",
     "Target",
+    "export_integrated_gradients",
     "integration_rule",
     "load_model",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from attribution.engine import Attribution, IntegratedGradients
+    from attribution.models import ModelAdapter, load_model
+    from attribution.savedmodel import ExportedAttributor, export_integrated_gradients
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'attribution' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -5,29 +5,47 @@ For attributed inputs x with baseline x', path points a_k and weights w_k (see `
     attr_i = (x_i - x'_i) * sum_k w_k dF_t/dx_i(x' + a_k (x - x'))
     delta  = sum_i attr_i - (F_t(x) - F_t(x'))           (completeness; ~0 for a good rule)
 
-where F_t is the explained scalar of the model output (see `targets`). Gradients come from one
-compiled `tf.function` with a fixed input signature (batch dimension `None`, so new batch sizes
-never retrace) that evaluates `examples x steps` rows at once. The host loop feeds it chunks of at
-most `max_rows_per_call` rows and accumulates the weighted gradient sums in float64, so memory is
-bounded and the result does not depend on how examples are batched or chunked.
+where F_t is the explained scalar of the model output (see `targets`).
+
+One implementation: `IntegratedGradients.attribute_packed` is the whole computation in graph code
+(baselines, class choice, the chunked path sums, the average over baseline samples, the delta).
+The host traces it once into a concrete function with a fixed input signature (batch dimension
+`None`, so new batch sizes never retrace) and calls it once per batch; the SavedModel export
+(`attribution.savedmodel`) traces the very same method into its `integrated_gradients` signature.
+Inside, examples are processed in chunks of at most `max_rows_per_call` rows (examples x path
+points; the path itself is split when `steps` exceeds it), one chunk at a time, and weighted
+gradient sums are accumulated in float64, so memory is bounded and results do not depend on how
+examples are batched or chunked.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from attribution.baselines import Baseline, BaselineMaker
-from attribution.integration import DEFAULT_METHOD, DEFAULT_STEPS, integration_rule
+from attribution.baselines import check_baseline, make_baselines
+from attribution.fields import check_value, default_of, validated
+from attribution.integration import integration_rule
 from attribution.models import ModelAdapter
-from attribution.targets import NO_CLASS, Target
+from attribution.packing import Packing
+from attribution.settings import FEATURES, AttributionConfig, Baseline, BatchingConfig, Target
+from attribution.targets import (
+    check_classes,
+    reported_targets,
+    requested_classes,
+    select_classes,
+)
 
-DEFAULT_MAX_ROWS_PER_CALL = 16384
+__all__ = ["Attribution", "IntegratedGradients", "map_chunks", "rows_per_chunk"]
+
+TensorDict = dict[str, tf.Tensor]
+
+ATTRIBUTIONS = "attributions/"
+BASELINES = "baselines/"
 
 
 @dataclasses.dataclass
@@ -65,85 +83,59 @@ def rows_per_chunk(steps: int, max_rows: int) -> tuple[int, int]:
     return 1, max_rows
 
 
-def _static_shape(t: tf.Tensor) -> list[int]:
-    """The fixed per-example shape of an attributed tensor."""
-    shape = t.shape[1:]
-    if not shape.is_fully_defined():
-        raise ValueError(f"attributed tensors need a fixed shape per example, got {shape}")
-    return shape.as_list()
+def map_chunks(
+    fn: Callable[[tf.Tensor, tf.Tensor], Mapping[str, tf.Tensor]],
+    n: tf.Tensor,
+    size: int,
+    specs: Mapping[str, tf.TensorSpec],
+    unknown_dim: int = 0,
+) -> TensorDict:
+    """Concatenates fn(start, stop) over rows [0, n) in chunks of `size`, one chunk at a time.
 
-
-@dataclasses.dataclass(frozen=True)
-class _Packing:
-    """Attributed tensors packed into one [rows, D] array per dtype, features side by side.
-
-    One packed tensor instead of one per feature keeps both the compiled graph (a split, not
-    per-feature reshapes and their gradients) and the host's per-call work (one conversion,
-    not one per feature) independent of the number of features. Works on tensors (in graphs)
-    and on numpy arrays (on the host): `unpack` returns views there.
+    Graph code: a `tf.while_loop` with `parallel_iterations=1`, so at most one chunk's
+    intermediate tensors are alive at a time. With n == 0 the result has 0 rows and
+    `unknown_dim` for the dimensions `specs` leaves open.
     """
+    count = (n + size - 1) // size
+    arrays = {
+        k: tf.TensorArray(
+            s.dtype,
+            size=count,
+            infer_shape=False,
+            element_shape=tf.TensorShape([None]).concatenate(s.shape[1:]),
+        )
+        for k, s in specs.items()
+    }
 
-    groups: dict[str, list[str]]  # dtype key -> attributed names, in order
-    shapes: dict[str, tuple[int, ...]]  # name -> per-example shape
-    dtypes: dict[str, tf.DType]  # dtype key -> dtype
+    def body(i: tf.Tensor, arrays: dict) -> tuple[tf.Tensor, dict]:
+        start = i * size
+        out = fn(start, tf.minimum(n, start + size))
+        return i + 1, {k: arrays[k].write(i, out[k]) for k in arrays}
 
-    @classmethod
-    def of(cls, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, tf.DType]) -> _Packing:
-        groups: dict[str, list[str]] = {}
-        by_key: dict[str, tf.DType] = {}
-        for name in shapes:
-            dtype = tf.as_dtype(dtypes[name])
-            groups.setdefault(dtype.name, []).append(name)
-            by_key[dtype.name] = dtype
-        return cls(groups, {n: tuple(s) for n, s in shapes.items()}, by_key)
+    _, arrays = tf.while_loop(
+        lambda i, _: i < count, body, [tf.constant(0), arrays], parallel_iterations=1
+    )
 
-    def size(self, name: str) -> int:
-        return math.prod(self.shapes[name])
+    def empty(spec: tf.TensorSpec) -> tf.Tensor:  # concat of no chunks needs static shapes
+        return tf.zeros([0, *(unknown_dim if d is None else d for d in spec.shape[1:])], spec.dtype)
 
-    def width(self, key: str) -> int:
-        return sum(self.size(m) for m in self.groups[key])
+    return {k: tf.cond(count > 0, arrays[k].concat, lambda k=k: empty(specs[k])) for k in arrays}
 
-    def pack(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """name -> [rows, *shape] to dtype key -> [rows, D]."""
-        packed = {}
-        for key, names in self.groups.items():
-            if isinstance(values[names[0]], np.ndarray):
-                dtype = self.dtypes[key].as_numpy_dtype
-                parts = [np.asarray(values[m], dtype).reshape(-1, self.size(m)) for m in names]
-                packed[key] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-            else:
-                parts = [tf.reshape(values[m], [-1, self.size(m)]) for m in names]
-                packed[key] = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
-        return packed
 
-    def unpack(self, packed: Mapping[str, Any]) -> dict[str, Any]:
-        """dtype key -> [rows, D] to name -> [rows, *shape] (views for numpy arrays)."""
-        out = {}
-        for key, names in self.groups.items():
-            whole = packed[key]
-            host = isinstance(whole, np.ndarray)
-            sizes = [self.size(m) for m in names]
-            if len(names) == 1:
-                parts = [whole]
-            elif host:
-                parts = np.split(whole, np.cumsum(sizes)[:-1], axis=1)
-            else:
-                parts = tf.split(whole, sizes, axis=1)
-            for m, part in zip(names, parts, strict=True):
-                if self.shapes[m] == (self.size(m),):
-                    out[m] = part  # already [rows, size]
-                elif host:
-                    out[m] = part.reshape((-1, *self.shapes[m]))
-                else:
-                    out[m] = tf.reshape(part, [-1, *self.shapes[m]])
-        return {m: out[m] for m in self.shapes}  # the attributed order, not the dtype grouping
+def _rows(tensors: Mapping[str, tf.Tensor], start: tf.Tensor, stop: tf.Tensor) -> TensorDict:
+    return {k: v[start:stop] for k, v in tensors.items()}
 
 
 class IntegratedGradients:
     """Integrated Gradients for a model with named inputs.
 
-    Build once (it compiles its functions lazily on the first call), then call `attribute` on as
+    Build once (it compiles its function lazily on the first call), then call `attribute` on as
     many batches as needed. Heavy: create it in a Beam DoFn's `setup()`, never at construction.
+
+    The settings are an `attribution.settings.AttributionConfig` (`settings=`), or its fields one
+    by one (`method=`, `steps=`, ...), which override `settings`; unset ones take the defaults
+    declared there. They are validated by the settings' own checks (errors name the setting,
+    e.g. ``steps: must be an integer >= 1, got 0``).
 
     Args:
       model: A `ModelAdapter` (see `attribution.models.load_model`).
@@ -152,11 +144,12 @@ class IntegratedGradients:
       layer: Attribute to the output of this Keras layer instead of the inputs (e.g. an
         `Embedding` for token ids). The completeness delta is still computed on the model output.
       output: The model output to explain (needed for multi-output models).
-      method: Integration rule, one of `integration.METHODS`.
+      method: Integration rule, one of `attribution.settings.METHODS`.
       steps: Number of path points.
       baseline: A `Baseline` (default zeros).
       target: A `Target` (default: the predicted class).
       max_rows_per_call: Upper bound on examples x steps evaluated per gradient call.
+      settings: All of the above but `features` and `max_rows_per_call` at once.
 
     Raises:
       ValueError: any bad argument, with a message naming it and the valid choices.
@@ -169,32 +162,38 @@ class IntegratedGradients:
         features: Sequence[str] | None = None,
         layer: str | None = None,
         output: str | None = None,
-        method: str = DEFAULT_METHOD,
-        steps: int = DEFAULT_STEPS,
+        method: str | None = None,
+        steps: int | None = None,
         baseline: Baseline | None = None,
         target: Target | None = None,
-        max_rows_per_call: int = DEFAULT_MAX_ROWS_PER_CALL,
+        max_rows_per_call: int | None = None,
+        settings: AttributionConfig | None = None,
     ) -> None:
+        given = {
+            "layer": layer,
+            "output": output,
+            "method": method,
+            "steps": steps,
+            "baseline": baseline,
+            "target": target,
+        }
+        chosen = {k: v for k, v in given.items() if v is not None}
+        self.settings = validated(dataclasses.replace(settings or AttributionConfig(), **chosen))
+        if max_rows_per_call is None:
+            max_rows_per_call = default_of(BatchingConfig, "max_rows_per_call")
+        self.max_rows_per_call = check_value(BatchingConfig, "max_rows_per_call", max_rows_per_call)
+        if features is not None:
+            features = FEATURES(features, "features", True)
         self.model = model
-        self.method, self.steps = method, steps
-        alphas, weights = integration_rule(method, steps)
-        self.alphas, self.weights = alphas, weights
-        if isinstance(max_rows_per_call, bool) or not isinstance(max_rows_per_call, int):
-            raise ValueError(f"max_rows_per_call must be an integer, got {max_rows_per_call!r}")
-        if max_rows_per_call < 1:
-            raise ValueError(f"max_rows_per_call must be >= 1, got {max_rows_per_call}")
-        self.max_rows_per_call = max_rows_per_call
-        self.target = target or Target()
-        self.target.validate()
-        self.output = self._resolve_output(output)
+        self.alphas, self.weights = integration_rule(self.method, self.steps)
+        self.output = self._resolve_output(self.settings.output)
         self.input_specs = dict(model.input_specs)
-        self.layer = layer
-        if layer is not None:
+        if self.layer is not None:
             if features is not None:
                 raise ValueError("give either features (input attribution) or layer, not both")
-            front, head, h_spec = model.split_at_layer(layer)
+            front, head, h_spec = model.split_at_layer(self.layer)
             self._front, self._head = front, head
-            self.attributed_specs = {layer: h_spec}
+            self.attributed_specs = {self.layer: h_spec}
         else:
             self._front = None
             names = list(features) if features is not None else list(self.input_specs)
@@ -202,9 +201,46 @@ class IntegratedGradients:
             self.attributed_specs = {n: self.input_specs[n] for n in names}
         if self.target.kind == "label" and self.target.feature in self.attributed_specs:
             raise ValueError(f"the label feature {self.target.feature!r} cannot be attributed")
-        self.baseline = baseline or Baseline()
-        self._baselines = BaselineMaker(self.baseline, self.attributed_specs)
-        self._build_functions()
+        check_baseline(self.baseline, self.attributed_specs)
+        rows_per_example = None if self.baseline.kind == "array" else self.baseline.num_samples
+        examples, _ = rows_per_chunk(self.steps, self.max_rows_per_call)
+        # Examples per call of `attribute_packed` when whole examples fit a chunk (usual), so
+        # that its graph needs no loop over rows; None: the graph chunks rows itself.
+        self.examples_per_call = (
+            examples // rows_per_example
+            if rows_per_example is not None and rows_per_example <= examples
+            else None
+        )
+        inputs_sig = dict(self.input_specs)
+        self._embed_fn = tf.function(self.embed, input_signature=[inputs_sig], autograph=False)
+        # Traced on the first call, when an attributed shape that is not fixed can be reported as
+        # a ValueError of that call. Calling the concrete function skips the polymorphic
+        # function's per-call signature matching (milliseconds for models with many inputs).
+        self._attribute_fn: Any = None
+        self._attribute_concrete: Any = None
+        self._packing: Packing | None = None
+
+    # --------------------------------------------------------------------------- settings
+
+    @property
+    def method(self) -> str:
+        return self.settings.method
+
+    @property
+    def steps(self) -> int:
+        return self.settings.steps
+
+    @property
+    def layer(self) -> str | None:
+        return self.settings.layer
+
+    @property
+    def baseline(self) -> Baseline:
+        return self.settings.baseline
+
+    @property
+    def target(self) -> Target:
+        return self.settings.target
 
     # -------------------------------------------------------------------------- construction
 
@@ -224,10 +260,6 @@ class IntegratedGradients:
         return output
 
     def _check_features(self, names: list[str]) -> None:
-        if not names:
-            raise ValueError("features is empty: name at least one input to attribute")
-        if len(set(names)) != len(names):
-            raise ValueError(f"features has duplicates: {names}")
         unknown = [n for n in names if n not in self.input_specs]
         if unknown:
             raise ValueError(
@@ -242,19 +274,7 @@ class IntegratedGradients:
                     "e.g. its Embedding layer) and leave it out of features"
                 )
 
-    def _build_functions(self) -> None:
-        inputs_sig = {n: s for n, s in self.input_specs.items()}
-        self._embed_fn = tf.function(self.embed, input_signature=[inputs_sig], autograph=False)
-        # The attributed tensors travel packed: one [rows, D] tensor per dtype (see `_layout`).
-        # Built on the first call, when an attributed shape that is not fixed can be reported
-        # as a ValueError of that call.
-        self._chunk_fn: Any = None
-        # Calling the concrete function skips the polymorphic function's per-call signature
-        # matching, which costs milliseconds per call for models with many named inputs.
-        self._chunk_concrete: Any = None
-        self._packing: _Packing | None = None
-
-    def _layout(self) -> _Packing:
+    def layout(self) -> Packing:
         """How the attributed tensors pack into one [rows, D] array per dtype (fixed shapes)."""
         if self._packing is None:
             shapes = {}
@@ -267,37 +287,47 @@ class IntegratedGradients:
                     )
                 shapes[name] = tuple(shape.as_list())
             dtypes = {name: spec.dtype for name, spec in self.attributed_specs.items()}
-            self._packing = _Packing.of(shapes, dtypes)
+            self._packing = Packing.of(shapes, dtypes)
         return self._packing
 
-    def _chunk_function(self) -> Any:
-        """The fused chunk function's concrete function (traced once, on the first call)."""
-        if self._chunk_concrete is None:
-            layout = self._layout()
+    def _compiled(self) -> Any:
+        """The concrete function of `attribute_packed` (traced once, on the first call)."""
+        if self._attribute_concrete is None:
+            layout = self.layout()
             rest_sig = {n: s for n, s in self.input_specs.items() if n not in self.attributed_specs}
             packed_sig = {
                 key: tf.TensorSpec([None, layout.width(key)], layout.dtypes[key], name=key)
                 for key in layout.groups
             }
-            rows = tf.TensorSpec([None], tf.int32)
-            path = tf.TensorSpec([None], tf.float64)  # cast to each tensor's dtype
-            self._chunk_fn = tf.function(
-                self.attribute_chunk,
-                input_signature=[rest_sig, packed_sig, packed_sig, rows, path, path],
+            provided_sig = {}
+            if self.baseline.kind == "array":
+                provided_sig = {
+                    key: tf.TensorSpec([None, None, layout.width(key)], layout.dtypes[key])
+                    for key in layout.groups
+                }
+            self._attribute_fn = tf.function(
+                self.attribute_packed,
+                input_signature=[
+                    rest_sig,
+                    packed_sig,
+                    tf.TensorSpec([None], tf.string),
+                    provided_sig,
+                    tf.TensorSpec([None], tf.int32),
+                ],
                 autograph=False,  # plain graph code: AutoGraph only adds tracing time
             )
-            self._chunk_concrete = self._chunk_fn.get_concrete_function()
-        return self._chunk_concrete
+            self._attribute_concrete = self._attribute_fn.get_concrete_function()
+        return self._attribute_concrete
 
     # ------------------------------------------------------------------------ graph functions
 
-    def embed(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def embed(self, inputs: TensorDict) -> TensorDict:
         """The attributed tensors of an input batch (the inputs themselves, or the layer output)."""
         if self._front is not None:
             return {self.layer: self._front(inputs)}
         return {n: inputs[n] for n in self.attributed_specs}
 
-    def selected_output(self, inputs: dict[str, tf.Tensor], attributed: dict) -> tf.Tensor:
+    def selected_output(self, inputs: TensorDict, attributed: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """The explained output as [N, C] from the inputs with the attributed tensors replaced."""
         if self._front is not None:
             outputs = self._head(inputs, attributed[self.layer])
@@ -309,38 +339,168 @@ class IntegratedGradients:
         out = tf.convert_to_tensor(out)
         return tf.reshape(out, [tf.shape(out)[0], -1])
 
-    def grad_sum(
+    def attribute_packed(
         self,
-        inputs: dict,
-        x: dict,
-        base: dict,
-        targets: tf.Tensor,
-        alphas: tf.Tensor,
-        weights: tf.Tensor,
-    ) -> dict[str, tf.Tensor]:
-        """sum_k w_k dF_t/dz at z = base + a_k (x - base), for n examples and k points at once.
+        rest: TensorDict,
+        x: TensorDict,
+        keys: tf.Tensor,
+        provided: TensorDict,
+        requested: tf.Tensor,
+    ) -> dict[str, Any]:
+        """The whole IG computation for n examples, in graph code (the host and the export's).
 
-        `inputs` holds the model inputs (entries named like attributed tensors are ignored);
-        `x` and `base` the attributed tensors, name -> [n, ...] with fixed shapes per example.
+        Args:
+          rest: The model inputs that are not attributed (every input for a layer), [n, ...].
+          x: The attributed values, packed: dtype key -> [n, D] (see `layout`).
+          keys: tf.string [n] example keys (random baselines are a function of key and seed).
+          provided: For baseline kind 'array': packed like x, dtype key -> [n, S, D]; else empty.
+          requested: int32 [n] requested classes; -1 means the arg-max of F(x).
+
+        Returns:
+          A flat dict (see `output_specs`): "attributions/<dtype key>" [n, D] float64, averaged
+          over the S baselines; "baselines/<dtype key>" [n, S, D], packed like x; "prediction",
+          "baseline_prediction", "delta": [n] float64; "target": [n] int64 (`targets.NO_CLASS`
+          for scalar/callable); "chosen": [n] int32 explained class (may be >= C: the caller
+          reports it); "classes": [n] int32, the output's width C.
+
+        Memory: with `examples_per_call` set, the caller passes at most that many examples per
+        call and the graph evaluates them in one chunk; otherwise (one example's baseline
+        samples alone exceed the row bound) the graph chunks the rows itself.
         """
-        layout = _Packing.of({m: tuple(_static_shape(x[m])) for m in x}, {m: x[m].dtype for m in x})
-        rest = {k: v for k, v in inputs.items() if k not in x}
-        sums = self._packed_grad_sum(
-            rest, layout.pack(x), layout.pack(base), targets, alphas, weights, layout
+        layout = self.layout()
+        n = tf.shape(requested)[0]
+        base = make_baselines(self.baseline, self.attributed_specs, layout, x, keys, provided)
+        samples = tf.shape(next(iter(base.values())))[1]
+        repeat = self.baseline.kind == "array" or self.baseline.num_samples > 1
+
+        def rows(t: tf.Tensor) -> tf.Tensor:  # each example once per baseline sample
+            return tf.repeat(t, samples, axis=0) if repeat else t
+
+        flat_base = {k: tf.reshape(v, [-1, layout.width(k)]) for k, v in base.items()}
+        r_x = {k: rows(v) for k, v in x.items()}
+        sums = self._path_sums(
+            {k: rows(v) for k, v in rest.items()}, r_x, flat_base, rows(requested)
         )
-        return layout.unpack(sums)
+
+        out = {}
+        total = tf.zeros([n], tf.float64)
+        for key in layout.groups:
+            width = layout.width(key)
+            diff = tf.cast(r_x[key], tf.float64) - tf.cast(flat_base[key], tf.float64)
+            per_row = tf.reshape(diff * sums["grads/" + key], [n, samples, width])
+            out[ATTRIBUTIONS + key] = tf.reduce_mean(per_row, axis=1)
+            out[BASELINES + key] = base[key]
+            total += tf.reduce_sum(out[ATTRIBUTIONS + key], axis=1)
+        prediction = tf.reshape(sums["fx"], [n, samples])[:, 0]
+        baseline_prediction = tf.reduce_mean(tf.reshape(sums["fb"], [n, samples]), axis=1)
+        chosen = tf.reshape(sums["chosen"], [n, samples])[:, 0]
+        out.update(
+            prediction=prediction,
+            baseline_prediction=baseline_prediction,
+            delta=total - (prediction - baseline_prediction),
+            target=reported_targets(self.target, chosen),
+            chosen=chosen,
+            classes=tf.reshape(sums["classes"], [n, samples])[:, 0],
+        )
+        return out
+
+    def output_specs(self) -> dict[str, tf.TensorSpec]:
+        """The specs of `attribute_packed`'s outputs (batch dimensions None)."""
+        layout = self.layout()
+        specs = {
+            "prediction": tf.TensorSpec([None], tf.float64),
+            "baseline_prediction": tf.TensorSpec([None], tf.float64),
+            "delta": tf.TensorSpec([None], tf.float64),
+            "target": tf.TensorSpec([None], tf.int64),
+            "chosen": tf.TensorSpec([None], tf.int32),
+            "classes": tf.TensorSpec([None], tf.int32),
+        }
+        samples = None if self.baseline.kind == "array" else self.baseline.num_samples
+        for key in layout.groups:
+            width = layout.width(key)
+            specs[ATTRIBUTIONS + key] = tf.TensorSpec([None, width], tf.float64)
+            specs[BASELINES + key] = tf.TensorSpec([None, samples, width], layout.dtypes[key])
+        return specs
+
+    def _path_sums(
+        self, rest: TensorDict, x: TensorDict, base: TensorDict, requested: tf.Tensor
+    ) -> TensorDict:
+        """F(x), F(x'), the class and sum_k w_k dF/dz per row, in bounded chunks (graph code).
+
+        Rows are processed `examples` at a time, all path points at once, or, when steps exceed
+        `max_rows_per_call`, one row and `max_rows_per_call` points at a time with the path
+        chunks accumulated in float64.
+        """
+        layout = self.layout()
+        examples, points = rows_per_chunk(self.steps, self.max_rows_per_call)
+        path_chunks = -(-self.steps // points)
+        alphas = tf.constant(self.alphas, tf.float64)
+        weights = tf.constant(self.weights, tf.float64)
+        grad_specs = {
+            "grads/" + key: tf.TensorSpec([None, layout.width(key)], tf.float64)
+            for key in layout.groups
+        }
+        specs = {
+            "fx": tf.TensorSpec([None], tf.float64),
+            "fb": tf.TensorSpec([None], tf.float64),
+            "chosen": tf.TensorSpec([None], tf.int32),
+            "classes": tf.TensorSpec([None], tf.int32),
+            **grad_specs,
+        }
+
+        def block(start: tf.Tensor, stop: tf.Tensor) -> TensorDict:
+            r, xs, bs = _rows(rest, start, stop), _rows(x, start, stop), _rows(base, start, stop)
+            out_x = self.selected_output(r, layout.unpack(xs))
+            out_b = self.selected_output(r, layout.unpack(bs))
+            chosen, safe = select_classes(out_x, requested[start:stop])
+
+            def part(j: Any) -> TensorDict:
+                a, w = alphas[j * points : (j + 1) * points], weights[j * points : (j + 1) * points]
+                g = self._packed_grad_sum(r, xs, bs, safe, a, w, layout)
+                return {"grads/" + k: tf.cast(v, tf.float64) for k, v in g.items()}
+
+            if path_chunks == 1:
+                grads = part(0)
+            else:
+                init = {
+                    k: tf.zeros([stop - start, s.shape[1]], tf.float64)
+                    for k, s in grad_specs.items()
+                }
+
+                def body(j: tf.Tensor, acc: TensorDict) -> tuple[tf.Tensor, TensorDict]:
+                    p = part(j)
+                    return j + 1, {k: acc[k] + p[k] for k in acc}
+
+                _, grads = tf.while_loop(
+                    lambda j, _: j < path_chunks,
+                    body,
+                    [tf.constant(0), init],
+                    parallel_iterations=1,
+                )
+            return {
+                "fx": tf.cast(tf.gather(out_x, safe, axis=1, batch_dims=1), tf.float64),
+                "fb": tf.cast(tf.gather(out_b, safe, axis=1, batch_dims=1), tf.float64),
+                "chosen": chosen,
+                "classes": tf.fill([stop - start], tf.shape(out_x)[1]),
+                **grads,
+            }
+
+        rows = tf.shape(requested)[0]
+        if self.examples_per_call is not None:  # the caller bounds the rows: one chunk
+            return block(tf.constant(0), rows)
+        return map_chunks(block, rows, examples, specs)
 
     def _packed_grad_sum(
         self,
-        rest: dict,
-        x: dict,
-        base: dict,
+        rest: TensorDict,
+        x: TensorDict,
+        base: TensorDict,
         targets: tf.Tensor,
         alphas: tf.Tensor,
         weights: tf.Tensor,
-        layout: _Packing,
-    ) -> dict[str, tf.Tensor]:
-        """`grad_sum` on packed tensors: dtype key -> [n, D] in, [n, D] out.
+        layout: Packing,
+    ) -> TensorDict:
+        """sum_k w_k dF_t/dz at z = base + a_k (x - base) on packed tensors: [n, D] in and out.
 
         The k path points of n examples are [k * n, D] rows (step-major), a handful of ops
         whatever the number of features: a 64-input model would otherwise build thousands of
@@ -373,40 +533,7 @@ class IntegratedGradients:
             result[key] = tf.reduce_sum(w * tf.reshape(g, [k, n, layout.width(key)]), axis=0)
         return result
 
-    def attribute_chunk(
-        self,
-        rest: dict,
-        x: dict,
-        base: dict,
-        requested: tf.Tensor,
-        alphas: tf.Tensor,
-        weights: tf.Tensor,
-    ) -> dict[str, Any]:
-        """One fused call: F at x and at the baseline, the explained class, the path sum.
-
-        Args:
-          rest: n rows of the model inputs that are not attributed (every input for a layer).
-          x, base: n rows of attributed values and baselines, packed (dtype key -> [n, D]).
-          requested: [n] requested classes; < 0 means the arg-max of F(x).
-          alphas, weights: k path points and weights.
-
-        Returns:
-          {"out_x": [n, C], "out_b": [n, C], "chosen": [n] (may be >= C: the host raises),
-           "grads": dtype key -> [n, D] sum_k w_k dF/dz, packed like x}.
-        """
-        layout = self._layout()
-        out_x = self.selected_output(rest, layout.unpack(x))
-        out_b = self.selected_output(rest, layout.unpack(base))
-        argmax = tf.argmax(out_x, axis=1, output_type=tf.int32)
-        chosen = tf.where(requested < 0, argmax, requested)
-        safe = tf.where(chosen < tf.shape(out_x)[1], chosen, tf.zeros_like(chosen))
-        grads = self._packed_grad_sum(rest, x, base, safe, alphas, weights, layout)
-        return {"out_x": out_x, "out_b": out_b, "chosen": chosen, "grads": grads}
-
     # ---------------------------------------------------------------------------- host side
-
-    def _to_tensors(self, values: Mapping[str, Any], specs: Mapping[str, tf.TensorSpec]) -> dict:
-        return {n: tf.convert_to_tensor(np.asarray(values[n]), dtype=specs[n].dtype) for n in specs}
 
     def _prepare_inputs(self, inputs: Any) -> tuple[dict[str, np.ndarray], int]:
         if not isinstance(inputs, Mapping):
@@ -434,7 +561,6 @@ class IntegratedGradients:
         self, arrays: Mapping[str, np.ndarray], n: int, override: Any
     ) -> np.ndarray:
         """Host-side target indices [n]; -1 means the arg-max (predicted) class."""
-        kind = self.target.kind
         if override is not None:
             t = np.asarray(override)
             if t.ndim == 0:
@@ -444,9 +570,8 @@ class IntegratedGradients:
             if np.any(t < 0):
                 raise ValueError(f"targets must be >= 0, got {int(t.min())}")
             return t.astype(np.int32)
-        if kind == "index":
-            return np.full(n, self.target.value, np.int32)
-        if kind == "label":
+        label = None
+        if self.target.kind == "label":
             name = self.target.feature
             if name not in arrays:
                 raise ValueError(f"target kind 'label' needs the label feature {name!r} in inputs")
@@ -455,10 +580,41 @@ class IntegratedGradients:
                 raise ValueError(f"label feature {name!r} must hold one integer class per example")
             if np.any(labels < 0):
                 raise ValueError(f"label feature {name!r} has negative classes")
-            return labels[:, 0].astype(np.int32)
-        if kind in ("scalar", "callable"):
-            return np.zeros(n, np.int32)
-        return np.full(n, -1, np.int32)  # predicted
+            label = labels[:, 0]
+        return requested_classes(self.target, n, label).numpy()
+
+    def _provided_baselines(self, baselines: Any, n: int) -> dict[str, np.ndarray]:
+        """Per-example baselines of kind 'array', packed: dtype key -> [n, S, D] (S >= 1)."""
+        kind = self.baseline.kind
+        if kind == "array" and baselines is None:
+            raise ValueError("baseline kind 'array' needs baselines=... passed to attribute()")
+        if kind != "array":
+            if baselines is not None:
+                raise ValueError(
+                    f"baselines=... given but the baseline kind is {kind!r}, not 'array'"
+                )
+            return {}
+        if not isinstance(baselines, Mapping):
+            baselines = {next(iter(self.attributed_specs)): baselines}
+        out = {}
+        for name, spec in self.attributed_specs.items():
+            if name not in baselines:
+                raise ValueError(f"baselines=... has no entry for {name!r}")
+            base = np.asarray(baselines[name], dtype=spec.dtype.as_numpy_dtype)
+            shape = (n, *spec.shape[1:])
+            if base.shape == shape:
+                base = base[:, None]
+            elif base.ndim != len(shape) + 1 or base.shape[:1] + base.shape[2:] != shape:
+                raise ValueError(
+                    f"baselines[{name!r}] has shape {base.shape}; expected {shape} or [{n}, S, ...]"
+                )
+            out[name] = base
+        sizes = {b.shape[1] for b in out.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"baselines disagree on the number of samples per example: {sizes}")
+        (samples,) = sizes
+        flat = {k: v.reshape((n * samples, *v.shape[2:])) for k, v in out.items()}
+        return {k: v.reshape(n, samples, -1) for k, v in self.layout().pack(flat).items()}
 
     def attribute(
         self,
@@ -491,47 +647,57 @@ class IntegratedGradients:
         keys = np.asarray(keys, dtype=object)
         if keys.shape != (n,):
             raise ValueError(f"keys must have one entry per example ({n}), got shape {keys.shape}")
-        if baselines is not None and not isinstance(baselines, Mapping):
-            baselines = {next(iter(self.attributed_specs)): baselines}
+        provided = self._provided_baselines(baselines, n)
         if n == 0:
             return self._empty()
+        layout = self.layout()
         model_inputs = {k: arrays[k] for k in self.input_specs}
-        x = self._embedded(model_inputs, n)
-        base = self._baselines(x, keys, baselines)
-        samples = next(iter(base.values())).shape[1]
-        layout = self._layout()
+        rest = {k: v for k, v in model_inputs.items() if k not in self.attributed_specs}
+        packed = layout.pack(self._embedded(model_inputs, n))
+        keys = np.array([str(k) for k in keys], dtype=object)
+        per_call = self.examples_per_call or n
+        fn = self._compiled()
+        parts = []
+        for start in range(0, n, per_call):
+            s = slice(start, min(n, start + per_call))
+            out = fn(
+                {k: tf.convert_to_tensor(v[s], self.input_specs[k].dtype) for k, v in rest.items()},
+                {k: tf.convert_to_tensor(v[s], layout.dtypes[k]) for k, v in packed.items()},
+                tf.constant(keys[s], tf.string),
+                {k: tf.convert_to_tensor(v[s]) for k, v in provided.items()},
+                tf.constant(requested[s], tf.int32),
+            )
+            parts.append({k: v.numpy() for k, v in out.items()})
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        check_classes(self.target, self.output, int(out["classes"][0]), int(out["chosen"].max()))
+        attributions = layout.unpack({k: out[ATTRIBUTIONS + k] for k in layout.groups})
+        samples = out[BASELINES + next(iter(layout.groups))].shape[1]
+        flat = layout.unpack(
+            {k: out[BASELINES + k].reshape(n * samples, -1) for k in layout.groups}
+        )
+        used = {k: v.reshape((n, samples, *v.shape[1:])) for k, v in flat.items()}
+        return self._result(
+            attributions,
+            out["prediction"],
+            out["baseline_prediction"],
+            out["delta"],
+            out["target"],
+            used,
+        )
 
-        # Rows are (example, sample) pairs: examples repeated S times, each with its own baseline.
-        def rep(a: np.ndarray) -> np.ndarray:
-            return a if samples == 1 else np.repeat(a, samples, axis=0)
-
-        rest = {k: rep(v) for k, v in model_inputs.items() if k not in self.attributed_specs}
-        r_x = {k: rep(v) for k, v in layout.pack(x).items()}
-        r_base = layout.pack({k: v.reshape((n * samples, *v.shape[2:])) for k, v in base.items()})
-        r_req = rep(requested)
-
-        out, out_b, chosen, grads = self._run_chunks(rest, r_x, r_base, r_req)
-        self._check_targets(out.shape[1], chosen)
-        rows = np.arange(len(chosen))
-        fx = out[rows, chosen].astype(np.float64)
-        fb = out_b[rows, chosen].astype(np.float64)
-
-        packed = {}
-        for key in layout.groups:
-            per_row = (r_x[key].astype(np.float64) - r_base[key].astype(np.float64)) * grads[key]
-            packed[key] = per_row.reshape((n, samples, -1)).mean(axis=1)
-        attributions = layout.unpack(packed)
-        total = sum(a.sum(axis=1) for a in packed.values())
-        predictions = fx.reshape(n, samples)[:, 0]
-        baseline_predictions = fb.reshape(n, samples).mean(axis=1)
-        deltas = total - (predictions - baseline_predictions)
-        reported = chosen.reshape(n, samples)[:, 0].astype(np.int64)
-        if self.target.kind == "callable" or (out.shape[1] == 1 and self.target.kind == "scalar"):
-            reported = np.full(n, NO_CLASS, np.int64)
+    def _result(
+        self,
+        attributions: dict[str, np.ndarray],
+        predictions: np.ndarray,
+        baseline_predictions: np.ndarray,
+        deltas: np.ndarray,
+        targets: np.ndarray,
+        baselines: dict[str, np.ndarray],
+    ) -> Attribution:
         layer_scores = None
         if self.layer is not None:
             layer_scores = attributions[self.layer].sum(axis=-1)
-        result = attributions
+        result: dict[str, np.ndarray] | np.ndarray = attributions
         if self.model.single_input and self.layer is None:
             result = attributions[next(iter(attributions))]
         return Attribution(
@@ -539,8 +705,8 @@ class IntegratedGradients:
             predictions=predictions,
             baseline_predictions=baseline_predictions,
             deltas=deltas,
-            targets=reported,
-            baselines=base,
+            targets=targets,
+            baselines=baselines,
             layer_scores=layer_scores,
         )
 
@@ -549,96 +715,38 @@ class IntegratedGradients:
             shape = tuple(d or 0 for d in spec.shape[1:])
             return np.zeros((0, *extra, *shape), np.float64)
 
-        attributions = {n: empty(s) for n, s in self.attributed_specs.items()}
-        result = attributions
-        if self.model.single_input and self.layer is None:
-            result = attributions[next(iter(attributions))]
         nothing = np.zeros(0, np.float64)
-        layer_scores = None
-        if self.layer is not None:
-            layer_scores = attributions[self.layer].sum(axis=-1)
-        return Attribution(
-            attributions=result,
-            predictions=nothing,
-            baseline_predictions=nothing.copy(),
-            deltas=nothing.copy(),
-            targets=np.zeros(0, np.int64),
-            baselines={
-                n: empty(s, (self.baseline.num_samples,)) for n, s in self.attributed_specs.items()
-            },
-            layer_scores=layer_scores,
+        return self._result(
+            {n: empty(s) for n, s in self.attributed_specs.items()},
+            nothing,
+            nothing.copy(),
+            nothing.copy(),
+            np.zeros(0, np.int64),
+            {n: empty(s, (self.baseline.num_samples,)) for n, s in self.attributed_specs.items()},
         )
-
-    def _check_targets(self, classes: int, requested: np.ndarray) -> None:
-        if self.target.kind == "scalar" and classes != 1:
-            raise ValueError(
-                f"target kind 'scalar' needs an output of width 1; output {self.output!r} has "
-                f"{classes}: use 'predicted', 'index' or 'label'"
-            )
-        if requested.size and int(requested.max()) >= classes:
-            raise ValueError(
-                f"target class {int(requested.max())} is out of range: output {self.output!r} has "
-                f"{classes} classes (0..{classes - 1})"
-            )
-
-    def _chunks(self, n: int, rows_per_example: int) -> list[slice]:
-        per = max(1, self.max_rows_per_call // rows_per_example)
-        return [slice(i, min(n, i + per)) for i in range(0, n, per)]
 
     def _embedded(self, model_inputs: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
         if self._front is None:
             return {k: np.asarray(model_inputs[k]) for k in self.attributed_specs}
+        per = self.max_rows_per_call
         parts = [
             self._embed_fn(
-                self._to_tensors({k: v[s] for k, v in model_inputs.items()}, self.input_specs)
+                {
+                    k: tf.convert_to_tensor(v[i : i + per], self.input_specs[k].dtype)
+                    for k, v in model_inputs.items()
+                }
             )
-            for s in self._chunks(n, 1)
+            for i in range(0, n, per)
         ]
         return {k: np.concatenate([p[k].numpy() for p in parts]) for k in self.attributed_specs}
-
-    def _run_chunks(self, rest: dict, x: dict, base: dict, requested: np.ndarray) -> tuple:
-        """Runs the fused chunk function over bounded chunks; returns host arrays.
-
-        `rest` holds the non-attributed model inputs, `x` and `base` the packed attributed
-        values and baselines (dtype key -> [N, D]).
-
-        Returns:
-          (out_x [N, C], out_b [N, C], chosen [N], grads dtype key -> [N, D] float64).
-        """
-        n = len(requested)
-        examples, points = rows_per_chunk(self.steps, self.max_rows_per_call)
-        fn = self._chunk_function()
-        rest_specs = {k: self.input_specs[k] for k in rest}
-        dtypes = self._layout().dtypes
-        sums = {k: np.zeros(v.shape, np.float64) for k, v in x.items()}
-        path = [
-            (tf.constant(self.alphas[p : p + points]), tf.constant(self.weights[p : p + points]))
-            for p in range(0, self.steps, points)
-        ]
-        outs, outs_b, chosen = [], [], []
-        for start in range(0, n, examples):
-            s = slice(start, min(n, start + examples))
-            args = (
-                self._to_tensors({k: v[s] for k, v in rest.items()}, rest_specs),
-                {k: tf.convert_to_tensor(v[s], dtypes[k]) for k, v in x.items()},
-                {k: tf.convert_to_tensor(v[s], dtypes[k]) for k, v in base.items()},
-                tf.constant(requested[s], tf.int32),
-            )
-            for p, (alphas, weights) in enumerate(path):
-                part = fn(*args, alphas, weights)
-                if p == 0:
-                    outs.append(part["out_x"].numpy())
-                    outs_b.append(part["out_b"].numpy())
-                    chosen.append(part["chosen"].numpy())
-                for k, g in part["grads"].items():
-                    sums[k][s] += g.numpy()
-        return np.concatenate(outs), np.concatenate(outs_b), np.concatenate(chosen), sums
 
     def trace_counts(self) -> dict[str, int]:
         """How many times each compiled function was traced (1 each after any number of calls)."""
         return {
             "embed": self._embed_fn.experimental_get_tracing_count(),
             "attribute": (
-                0 if self._chunk_fn is None else self._chunk_fn.experimental_get_tracing_count()
+                0
+                if self._attribute_fn is None
+                else self._attribute_fn.experimental_get_tracing_count()
             ),
         }

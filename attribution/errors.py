@@ -46,8 +46,5 @@ def one_line(error: BaseException, *, limit: int = 500, with_type: bool = True) 
     """
     message = " ".join(str(error).split())
     name = type(error).__name__
-    if not message:
-        text = name
-    else:
-        text = f"{name}: {message}" if with_type else message
+    text = f"{name}: {message}" if message and with_type else message or name
     return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."

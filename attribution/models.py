@@ -14,11 +14,11 @@ from typing import Any
 
 import tensorflow as tf
 
+from attribution.errors import ModelLoadError, one_line
+
+__all__ = ["ModelAdapter", "ModelLoadError", "load_model"]
+
 TensorDict = dict[str, tf.Tensor]
-
-
-class ModelLoadError(ValueError):
-    """The model could not be loaded or has no usable signature."""
 
 
 def _normalise_outputs(outputs: Any, names: list[str]) -> TensorDict:
@@ -133,7 +133,9 @@ class ModelAdapter:
         try:
             loaded = tf.saved_model.load(path)
         except (OSError, ValueError, tf.errors.OpError) as err:
-            raise ModelLoadError(f"cannot load SavedModel {path!r}: {_first_line(err)}") from err
+            raise ModelLoadError(
+                f"cannot load SavedModel {path!r}: {one_line(err, with_type=False)}"
+            ) from err
         signatures = getattr(loaded, "signatures", {})
         if signature not in signatures:
             raise ModelLoadError(
@@ -207,11 +209,6 @@ class ModelAdapter:
         return front, head, spec
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def load_model(
     path: str, *, signature: str = "serving_default", safe_mode: bool = True
 ) -> ModelAdapter:
@@ -236,7 +233,9 @@ def load_model(
         try:
             model = keras.saving.load_model(path, safe_mode=safe_mode)
         except Exception as err:  # Keras raises many types; all mean "not loadable"
-            raise ModelLoadError(f"cannot load Keras model {path!r}: {_first_line(err)}") from err
+            raise ModelLoadError(
+                f"cannot load Keras model {path!r}: {one_line(err, with_type=False)}"
+            ) from err
         return ModelAdapter.from_keras(model)
     if "://" not in path and not os.path.isdir(path):
         raise ModelLoadError(

@@ -1,45 +1,106 @@
-"""Targets: which scalar of the model's output is explained.
+"""Targets in graph code: which class each example explains, and the explained scalar.
 
-Kinds:
-  predicted  the arg-max class of F(x) (a scalar-output model explains its single output).
-  index      a fixed class index `value`.
-  label      the class given per example by the input feature `feature` (e.g. the label).
-  scalar     the model's single output (regression, sigmoid); the output must have width 1.
-  callable   `fn(output) -> [N]`, a TensorFlow function of the selected output tensor [N, C]
-             evaluated at every point on the path (captum's "forward_func" wrapping).
-A per-example index array passed as `attribute(..., targets=...)` overrides the spec.
+The kinds are `attribution.settings.Target`'s. These functions are traced into the engine's
+compiled function and into the SavedModel export's signature alike. A requested class of -1 means
+"the arg-max of F(x)" (kind 'predicted').
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
+import tensorflow as tf
 
-TARGET_KINDS = ("predicted", "index", "label", "scalar", "callable")
-NO_CLASS = -1  # reported target for scalar and callable targets
+from attribution.settings import Target
+
+__all__ = [
+    "NO_CLASS",
+    "check_classes",
+    "reported_targets",
+    "requested_classes",
+    "select_classes",
+]
+
+NO_CLASS = -1
+"""The reported target of scalar and callable targets (no class was chosen)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """Which output scalar to explain. See the module docstring for the kinds."""
+def requested_classes(
+    target: Target, n: tf.Tensor, label: tf.Tensor | None = None, classes: int | None = None
+) -> tf.Tensor:
+    """The class each of n examples asks for, int32 [n]; -1 means the arg-max of F(x).
 
-    kind: str = "predicted"
-    value: int | None = None
-    feature: str | None = None
-    fn: Callable[[Any], Any] | None = None
+    Args:
+      target: The target settings.
+      n: The number of examples (a scalar tensor).
+      label: For kind 'label': the label feature, one integer class per example ([n] or [n, 1]).
+      classes: The output's width when known: labels are checked against it in-graph.
 
-    def validate(self) -> None:
-        """Raises ValueError for an unknown kind or a missing/ill-typed field."""
-        if self.kind not in TARGET_KINDS:
-            raise ValueError(
-                f"unknown target kind {self.kind!r}; choose one of {', '.join(TARGET_KINDS)}"
+    Raises:
+      ValueError: kind 'label' without a label tensor, or with a non-integer one.
+    """
+    if target.kind == "index":
+        return tf.fill([n], tf.constant(target.value, tf.int32))
+    if target.kind in ("scalar", "callable"):
+        return tf.zeros([n], tf.int32)
+    if target.kind == "predicted":
+        return tf.fill([n], tf.constant(-1, tf.int32))
+    name = target.feature
+    if label is None:
+        raise ValueError(f"target kind 'label' needs the label feature {name!r}")
+    label = tf.convert_to_tensor(label)
+    if not label.dtype.is_integer:
+        raise ValueError(
+            f"label feature {name!r} must hold integer classes, not {label.dtype.name}"
+        )
+    label = tf.reshape(label, [n])  # fails unless one class per example
+    checks = [tf.debugging.assert_non_negative(label, message=f"label {name!r} is negative")]
+    if classes is not None:
+        checks.append(
+            tf.debugging.assert_less(
+                label, tf.cast(classes, label.dtype), message=f"label {name!r} is out of range"
             )
-        if self.kind == "index" and (
-            isinstance(self.value, bool) or not isinstance(self.value, int) or self.value < 0
-        ):
-            raise ValueError(f"target kind 'index' needs an integer value >= 0, got {self.value!r}")
-        if self.kind == "label" and not self.feature:
-            raise ValueError("target kind 'label' needs the label feature's name")
-        if self.kind == "callable" and not callable(self.fn):
-            raise ValueError("target kind 'callable' needs fn, a function of the output tensor")
+        )
+    with tf.control_dependencies(checks):
+        return tf.cast(label, tf.int32)
+
+
+def select_classes(out: tf.Tensor, requested: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(chosen, safe): the explained class per row of `out` [n, C], int32 [n] each.
+
+    `chosen` is the request, or the arg-max where it is -1; it may be >= C (the caller reports
+    that). `safe` is `chosen` with out-of-range classes replaced by 0, for gathering.
+    """
+    argmax = tf.argmax(out, axis=1, output_type=tf.int32)
+    chosen = tf.where(requested < 0, argmax, requested)
+    safe = tf.where(chosen < tf.shape(out)[1], chosen, tf.zeros_like(chosen))
+    return chosen, safe
+
+
+def reported_targets(target: Target, chosen: tf.Tensor) -> tf.Tensor:
+    """The target written per example, int64: the class, or `NO_CLASS` for scalar/callable."""
+    if target.kind in ("scalar", "callable"):
+        return tf.fill(tf.shape(chosen), tf.constant(NO_CLASS, tf.int64))
+    return tf.cast(chosen, tf.int64)
+
+
+def check_classes(target: Target, output: str, classes: int, largest: int | None = None) -> None:
+    """Checks the explained output's width against the target: a clear error instead of a gather.
+
+    Args:
+      target: The target settings.
+      output: The explained output's name (for the message).
+      classes: The output's width C.
+      largest: The largest class about to be explained, when known.
+
+    Raises:
+      ValueError: a scalar target on an output wider than 1, or a class >= C.
+    """
+    if target.kind == "scalar" and classes != 1:
+        raise ValueError(
+            f"target kind 'scalar' needs an output of width 1; output {output!r} has "
+            f"{classes}: use 'predicted', 'index' or 'label'"
+        )
+    if largest is not None and largest >= classes:
+        raise ValueError(
+            f"target class {largest} is out of range: output {output!r} has {classes} classes "
+            f"(0..{classes - 1})"
+        )

@@ -107,10 +107,10 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from attribution.export import export_integrated_gradients
-    from attribution.models import ModelLoadError
+    from attribution import ModelLoadError, export_integrated_gradients
     from pipeline.config import ConfigError, load_config
     from pipeline.job import engine_spec
+    from transforms.attribute import LoadedEngine
 
     try:
         config = load_config(args.config, args.overrides)
@@ -120,7 +120,7 @@ def _export(args: argparse.Namespace) -> int:
         loaded = engine_spec(config).load()
     except (ModelLoadError, ValueError) as err:
         return _fail(f"model: {err}")
-    if not hasattr(loaded, "engine"):
+    if not isinstance(loaded, LoadedEngine):
         return _fail("model: the model is already an igbeam export; export the trained model")
     out = os.path.join(args.out, args.subdirectory) if args.subdirectory else args.out
     try:

@@ -15,14 +15,11 @@ Everything that can be checked before Beam starts is checked first (`JobError`, 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import io
-import itertools
 import json
+import os
 import platform
 import time
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,44 +30,45 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.transforms import window
-from apache_beam.utils.windowed_value import WindowedValue
 
-from attribution import Baseline, ModelLoadError, Target
+from attribution import ModelLoadError
 from pipeline.config import JobConfig
 from transforms.attribute import (
-    METRICS_NAMESPACE,
     AttributeRecords,
+    Attributor,
     EngineSpec,
     attribution_schema,
     offer_loaded_engine,
 )
-from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_to_row
-from transforms.decode import feature_names, infer_schema, load_schema, schema_to_text
-from transforms.records import ReadTFRecords, Record, expand_file_pattern, iter_tfrecord_file
-from transforms.statistics import (
-    FEATURE_STATS_SCHEMA,
-    SLICE_STATS_SCHEMA,
-    AttributionStatistics,
-    ComputeAttributionStatistics,
+from transforms.constants import (
+    ATTRIBUTIONS_DIR,
+    DEAD_LETTER_COUNTERS,
+    DEAD_LETTER_DIR,
+    DUPLICATE_KEYS_DIR,
+    FEATURE_STATISTICS_FILE,
+    METRICS_NAMESPACE,
+    OUTPUT_PARTS,
+    READ_DEAD_LETTERS,
+    RECORDS_READ,
+    SCHEMA_FILE,
+    SLICE_STATISTICS_FILE,
+    STATISTICS_DIR,
+    SUCCESS_FILE,
+    SUMMARY_FILE,
 )
+from transforms.dead_letters import DEAD_LETTER_SCHEMA
+from transforms.decode import feature_names, infer_schema, load_schema, schema_to_text
+from transforms.outputs import (
+    DUPLICATE_KEYS_SCHEMA,
+    RunOutputs,
+    WriteRunOutputs,
+    write_parquet_file,
+)
+from transforms.records import ReadTFRecords, expand_file_pattern, read_tfrecord_file
+from transforms.statistics import FEATURE_STATS_SCHEMA, SLICE_STATS_SCHEMA
+from transforms.tfrecords import Record
 
 SCHEMA_SAMPLE_RECORDS = 1000
-STATS_EPSILON = 0.01
-OUTPUT_PARTS = (
-    "attributions",
-    "statistics",
-    "dead_letter",
-    "duplicate_keys",
-    "schema.pbtxt",
-    "summary.json",
-)
-DUPLICATE_KEYS_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("count", pa.int64(), nullable=False),
-    ]
-)
 
 
 class DeadLetterThresholdError(RuntimeError):
@@ -104,7 +102,7 @@ class Plan:
     output_schema: pa.Schema
     attributed: list[str]
     schema_inferred: bool
-    loaded: Any = dataclasses.field(default=None, repr=False, compare=False)
+    loaded: Attributor | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def _join(*parts: str) -> str:
@@ -112,31 +110,11 @@ def _join(*parts: str) -> str:
 
 
 def engine_spec(config: JobConfig) -> EngineSpec:
-    """The picklable engine spec of a config."""
-    a = config.attribution
-    b = a.baseline
-    baseline = Baseline(
-        kind=b.kind,
-        value=b.value if b.value is not None else 0.0,
-        values=b.values,
-        low=b.low,
-        high=b.high,
-        seed=b.seed or 0,
-        samples=b.samples or 1,
-    )
-    target = Target(kind=a.target.kind, value=a.target.value, feature=a.target.feature)
+    """The picklable engine spec of a config: its model and attribution sections, as they are."""
     return EngineSpec(
-        model_path=config.model.path,
-        signature=config.model.signature,
-        safe_mode=config.model.safe_mode,
-        preprocess_path=config.model.preprocess_path,
-        features=tuple(config.features) if config.features is not None else None,
-        layer=a.layer,
-        output=a.output,
-        method=a.method,
-        steps=a.steps,
-        baseline=baseline,
-        target=target,
+        model=config.model,
+        attribution=config.attribution,
+        features=config.features,
         max_rows_per_call=config.batching.max_rows_per_call,
     )
 
@@ -144,7 +122,7 @@ def engine_spec(config: JobConfig) -> EngineSpec:
 def _sample_records(files: Sequence[str], limit: int) -> list[bytes]:
     sample: list[bytes] = []
     for path in files:
-        for item in iter_tfrecord_file(path):
+        for item in read_tfrecord_file(path):
             if isinstance(item, Record):
                 sample.append(item.data)
                 if len(sample) >= limit:
@@ -206,8 +184,6 @@ def _check_writable(path: str) -> None:
     probe = _join(path, ".igbeam_write_probe")
     try:
         if "://" not in path:
-            import os
-
             os.makedirs(path, exist_ok=True)
         with FileSystems.create(probe) as f:
             f.write(b"ok")
@@ -218,7 +194,7 @@ def _check_writable(path: str) -> None:
 
 def _clear_output(path: str) -> None:
     """Removes a previous run's outputs, `_SUCCESS` first, so a rerun replaces them."""
-    marker = _join(path, "_SUCCESS")
+    marker = _join(path, SUCCESS_FILE)
     if FileSystems.exists(marker):
         FileSystems.delete([marker])
     old = [p for p in (_join(path, part) for part in OUTPUT_PARTS) if FileSystems.exists(p)]
@@ -226,72 +202,9 @@ def _clear_output(path: str) -> None:
         FileSystems.delete(old)
 
 
-class _MergeTables(beam.DoFn):
-    """Merges small RecordBatches into tables of about `rows` rows (one Parquet row group each)."""
-
-    def __init__(self, rows: int) -> None:
-        self._rows = rows
-
-    def start_bundle(self) -> None:
-        self._pending: list[pa.RecordBatch] = []
-        self._count = 0
-
-    def process(self, batch: pa.RecordBatch) -> Any:
-        self._pending.append(batch)
-        self._count += batch.num_rows
-        if self._count >= self._rows:
-            yield self._flush()
-
-    def _flush(self) -> pa.Table:
-        table = pa.Table.from_batches(self._pending).combine_chunks()
-        self._pending, self._count = [], 0
-        return table
-
-    def finish_bundle(self) -> Any:
-        if self._pending:
-            yield WindowedValue(
-                self._flush(), window.GlobalWindow().max_timestamp(), [window.GlobalWindow()]
-            )
-
-
-KEY_BUCKETS = 1024
-
-
-def _key_buckets(table: pa.Table) -> Any:
-    """(bucket, keys) per stable key-hash bucket: duplicates meet in one bucket, and the
-    shuffle moves a few lists per table instead of one element per example."""
-    buckets: dict[int, list[str]] = {}
-    for key in table.column("key").to_pylist():
-        buckets.setdefault(zlib.crc32(key.encode()) % KEY_BUCKETS, []).append(key)
-    return buckets.items()
-
-
-def _duplicates(bucket_keys: tuple[int, Any]) -> Any:
-    counts = collections.Counter(itertools.chain.from_iterable(bucket_keys[1]))
-    return ({"key": k, "count": c} for k, c in sorted(counts.items()) if c > 1)
-
-
-def _write_parquet_file(path: str, table: pa.Table) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    with FileSystems.create(path) as f:
-        f.write(buffer.getvalue())
-
-
-class _WriteStatistics(beam.DoFn):
-    def __init__(self, directory: str) -> None:
-        self._dir = directory
-
-    def process(self, stats: AttributionStatistics) -> Any:
-        _write_parquet_file(_join(self._dir, "features.parquet"), stats.features)
-        _write_parquet_file(_join(self._dir, "slices.parquet"), stats.slices)
-        yield stats.slices.num_rows
-
-
 def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
-    """Adds the whole job to `pipeline`."""
+    """Adds the whole job to `pipeline`: read, attribute, write."""
     config = plan.config
-    out = config.output.path
     read = pipeline | "Read" >> ReadTFRecords(plan.files, chunk_size=config.batching.batch_size)
     attributed = read.records | "AttributeRecords" >> AttributeRecords(
         plan.spec,
@@ -301,49 +214,16 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         key_feature=config.input.key,
         passthrough=config.passthrough,
     )
-    # Large tables feed the writer (one row group each), the statistics and the key check, so
-    # those steps see a few large elements rather than one per model batch.
-    tables = attributed.results | "MergeRowGroups" >> beam.ParDo(
-        _MergeTables(config.output.row_group_rows)
+    dead_letters = (read.dead_letters, attributed.dead_letters) | "FlattenDeadLetters" >> (
+        beam.Flatten()
     )
-    _ = tables | "WriteAttributions" >> beam.io.WriteToParquetBatched(
-        _join(out, "attributions", "part"),
+    _ = RunOutputs(attributed.results, dead_letters) | "WriteOutputs" >> WriteRunOutputs(
+        config.output.path,
         plan.output_schema,
-        num_shards=config.output.shards,
-        file_name_suffix=".parquet",
-    )
-    _ = (
-        tables
-        | "ComputeStatistics"
-        >> ComputeAttributionStatistics(
-            features=plan.attributed,
-            slices=[list(s) for s in config.slices],
-            epsilon=STATS_EPSILON,
-        )
-        | "WriteStatistics" >> beam.ParDo(_WriteStatistics(_join(out, "statistics")))
-    )
-    _ = (
-        tables
-        | "BucketKeys" >> beam.FlatMap(_key_buckets)
-        | "GroupKeyBuckets" >> beam.GroupByKey()
-        | "FindDuplicateKeys" >> beam.FlatMap(_duplicates)
-        | "WriteDuplicateKeys"
-        >> beam.io.WriteToParquet(
-            _join(out, "duplicate_keys", "part"),
-            DUPLICATE_KEYS_SCHEMA,
-            file_name_suffix=".parquet",
-        )
-    )
-    _ = (
-        (read.dead_letters, attributed[DEAD_LETTER_TAG])
-        | "FlattenDeadLetters" >> beam.Flatten()
-        | "DeadLetterRows" >> beam.Map(dead_letter_to_row)
-        | "WriteDeadLetters"
-        >> beam.io.WriteToParquet(
-            _join(out, "dead_letter", "part"),
-            DEAD_LETTER_SCHEMA,
-            file_name_suffix=".parquet",
-        )
+        features=plan.attributed,
+        slices=config.slices,
+        row_group_rows=config.output.row_group_rows,
+        shards=config.output.shards,
     )
 
 
@@ -360,7 +240,7 @@ def _parquet_rows(pattern: str) -> tuple[int, list[str]]:
 def _ensure_file(directory: str, schema: pa.Schema) -> None:
     """An empty output still gets one Parquet file carrying its schema."""
     if not [m for r in FileSystems.match([_join(directory, "*.parquet")]) for m in r.metadata_list]:
-        _write_parquet_file(_join(directory, "part-empty.parquet"), schema.empty_table())
+        write_parquet_file(_join(directory, "part-empty.parquet"), schema.empty_table())
 
 
 def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int] | None:
@@ -424,7 +304,7 @@ def run_job(
     plan = plan or plan_job(config)
     out = config.output.path
     _clear_output(out)
-    with FileSystems.create(_join(out, "schema.pbtxt")) as f:
+    with FileSystems.create(_join(out, SCHEMA_FILE)) as f:
         f.write(schema_to_text(plan.schema).encode())
     options = PipelineOptions(list(beam_args))
     pipeline = beam.Pipeline(runner=_runner(options), options=options)
@@ -436,30 +316,24 @@ def run_job(
         state = result.wait_until_finish()
     if state not in (None, beam.runners.runner.PipelineState.DONE):
         raise RuntimeError(f"pipeline finished in state {state}")
-    _ensure_file(_join(out, "attributions"), plan.output_schema)
-    _ensure_file(_join(out, "dead_letter"), DEAD_LETTER_SCHEMA)
-    _ensure_file(_join(out, "duplicate_keys"), DUPLICATE_KEYS_SCHEMA)
-    if not FileSystems.exists(_join(out, "statistics", "features.parquet")):
-        _write_parquet_file(
-            _join(out, "statistics", "features.parquet"), FEATURE_STATS_SCHEMA.empty_table()
+    _ensure_file(_join(out, ATTRIBUTIONS_DIR), plan.output_schema)
+    _ensure_file(_join(out, DEAD_LETTER_DIR), DEAD_LETTER_SCHEMA)
+    _ensure_file(_join(out, DUPLICATE_KEYS_DIR), DUPLICATE_KEYS_SCHEMA)
+    if not FileSystems.exists(_join(out, STATISTICS_DIR, FEATURE_STATISTICS_FILE)):
+        write_parquet_file(
+            _join(out, STATISTICS_DIR, FEATURE_STATISTICS_FILE), FEATURE_STATS_SCHEMA.empty_table()
         )
-        _write_parquet_file(
-            _join(out, "statistics", "slices.parquet"), SLICE_STATS_SCHEMA.empty_table()
+        write_parquet_file(
+            _join(out, STATISTICS_DIR, SLICE_STATISTICS_FILE), SLICE_STATS_SCHEMA.empty_table()
         )
-    attributed_rows, attribution_files = _parquet_rows(_join(out, "attributions", "*.parquet"))
-    dead_rows, _ = _parquet_rows(_join(out, "dead_letter", "*.parquet"))
-    duplicate_rows, _ = _parquet_rows(_join(out, "duplicate_keys", "*.parquet"))
+    attributed_rows, attribution_files = _parquet_rows(_join(out, ATTRIBUTIONS_DIR, "*.parquet"))
+    dead_rows, _ = _parquet_rows(_join(out, DEAD_LETTER_DIR, "*.parquet"))
+    duplicate_rows, _ = _parquet_rows(_join(out, DUPLICATE_KEYS_DIR, "*.parquet"))
     counters = _counters(result)
     accounting = _accounting(counters, attributed_rows, dead_rows)
     wall = time.time() - start
     dead_by_stage = {
-        stage: (counters or {}).get(name, 0)
-        for stage, name in (
-            ("read", "read_dead_letters"),
-            ("decode", "dead_letters_decode"),
-            ("validate", "dead_letters_validate"),
-            ("model", "dead_letters_model"),
-        )
+        stage: (counters or {}).get(name, 0) for stage, name in DEAD_LETTER_COUNTERS.items()
     }
     records = accounting["records_read"]
     fraction = dead_rows / records if records else 0.0
@@ -497,16 +371,16 @@ def run_job(
         failure = DeadLetterThresholdError(
             f"{dead_rows} of {records} records ({fraction:.2%}) were dead-lettered, above "
             f"max_dead_letter_fraction {config.max_dead_letter_fraction:.2%}; see "
-            f"{_join(out, 'dead_letter')}",
+            f"{_join(out, DEAD_LETTER_DIR)}",
             summary,
         )
         summary["status"] = "failed_dead_letter_threshold"
     summary["failure"] = str(failure) if failure else None
-    with FileSystems.create(_join(out, "summary.json")) as f:
+    with FileSystems.create(_join(out, SUMMARY_FILE)) as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
     if failure is not None:
         raise failure
-    with FileSystems.create(_join(out, "_SUCCESS")) as f:
+    with FileSystems.create(_join(out, SUCCESS_FILE)) as f:
         f.write(b"")
     return summary
 
@@ -515,7 +389,7 @@ def _accounting(counters: dict[str, int] | None, attributed: int, dead: int) -> 
     """records read (good frames + damaged frames/spans) vs attributed + dead-lettered."""
     if counters is None:  # a runner without metrics: the invariant cannot be checked
         return {"records_read": attributed + dead, "balanced": None, "checked": False}
-    read = counters.get("records_read", 0) + counters.get("read_dead_letters", 0)
+    read = counters.get(RECORDS_READ, 0) + counters.get(READ_DEAD_LETTERS, 0)
     return {
         "records_read": read,
         "examples_attributed": attributed,

@@ -59,10 +59,10 @@ def test_rule_points_match_their_definitions():
     ("method", "steps", "match"),
     [
         ("simpson", 10, "choose one of riemann_left"),
-        ("riemann_left", 0, "steps must be >= 1"),
-        ("riemann_trapezoid", 1, "steps must be >= 2"),
-        ("gausslegendre", 2.5, "steps must be an integer"),
-        ("gausslegendre", True, "steps must be an integer"),
+        ("riemann_left", 0, "steps: must be an integer >= 1, got 0"),
+        ("riemann_trapezoid", 1, "steps: must be an integer >= 2 for method"),
+        ("gausslegendre", 2.5, "steps: must be an integer >= 1, got 2.5"),
+        ("gausslegendre", True, "steps: must be an integer >= 1, got True"),
     ],
 )
 def test_rule_rejects_bad_arguments(method, steps, match):
@@ -368,18 +368,21 @@ def test_bad_targets_raise(kwargs, call, match):
     ("kwargs", "match"),
     [
         ({"method": "simpson"}, "choose one of"),
-        ({"steps": 0}, "steps must be >= 1"),
-        ({"max_rows_per_call": 0}, "max_rows_per_call must be >= 1"),
+        ({"steps": 0}, "steps: must be an integer >= 1, got 0"),
+        ({"max_rows_per_call": 0}, "max_rows_per_call: must be an integer >= 1, got 0"),
         ({"features": ["nope"]}, "unknown features"),
-        ({"features": []}, "features is empty"),
+        ({"features": []}, "features: must not be an empty list"),
         ({"output": "logits"}, "unknown output"),
         ({"layer": "nope"}, "no layer 'nope'"),
-        ({"target": Target("index", value=-1)}, "integer value >= 0"),
+        ({"target": Target("index", value=-1)}, "target.value: must be an integer >= 0, got -1"),
         ({"target": Target("sideways")}, "unknown target kind"),
         ({"baseline": Baseline("median")}, "unknown baseline kind"),
-        ({"baseline": Baseline("per_feature", values={})}, "missing values"),
-        ({"baseline": Baseline("random_uniform", low=0.0)}, "needs 'high'"),
-        ({"baseline": Baseline("random_uniform", low=1.0, high=0.0)}, "low > high"),
+        ({"baseline": Baseline("per_feature", values={})}, "baseline.values: must be a non-empty"),
+        ({"baseline": Baseline("random_uniform", low=0.0)}, "baseline.high: required for"),
+        (
+            {"baseline": Baseline("random_uniform", low=1.0, high=0.0)},
+            "baseline.high: must be >= low",
+        ),
         ({"baseline": Baseline("random_uniform", low=0.0, high=1.0, samples=0)}, "samples"),
     ],
 )

@@ -19,7 +19,7 @@ import tensorflow as tf
 from ig_models import classifier, embedding_model, linear_model
 
 from attribution import Baseline, IntegratedGradients, ModelAdapter, Target
-from attribution.export import export_integrated_gradients
+from attribution.savedmodel import export_integrated_gradients
 
 RNG = np.random.default_rng(11)
 IG = "integrated_gradients"

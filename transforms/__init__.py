@@ -38,7 +38,26 @@ _EXPORTS = {
     "DEAD_LETTER_SCHEMA": "transforms.dead_letters",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DEAD_LETTER_SCHEMA",
+    "AttributeBatchDoFn",
+    "AttributeRecords",
+    "AttributeResult",
+    "AttributionStatistics",
+    "AttributionStatsCombineFn",
+    "Attributor",
+    "ComputeAttributionStatistics",
+    "DeadLetter",
+    "EngineSpec",
+    "ReadResult",
+    "ReadTFRecordFiles",
+    "ReadTFRecords",
+    "Record",
+    "RecordChunk",
+    "WriteRunOutputs",
+    "expand_file_pattern",
+    "iter_tfrecord_file",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from transforms.attribute import (

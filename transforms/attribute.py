@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import apache_beam as beam
 import numpy as np
@@ -24,23 +24,43 @@ import tensorflow as tf
 from apache_beam.utils import shared
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from attribution import Baseline, IntegratedGradients, ModelAdapter, Target, load_model
+from attribution import AttributionConfig, IntegratedGradients, ModelAdapter, load_model
 from attribution.engine import Attribution
-from attribution.exported import SIGNATURE as EXPORT_SIGNATURE
-from attribution.exported import ExportedAttributor
-from transforms.dead_letters import (
+from attribution.errors import one_line
+from attribution.savedmodel import IG_SIGNATURE, ExportedAttributor
+from attribution.settings import ModelConfig
+from transforms.constants import (
+    ABS_DELTA_MICROS,
+    ATTRIBUTION_PREFIX,
+    BATCHES,
+    DEAD_LETTER_COUNTERS,
     DEAD_LETTER_TAG,
+    EXAMPLES_ATTRIBUTED,
+    KEY_COLUMN,
+    METRICS_NAMESPACE,
+    MODEL_FAILURES,
+    MODEL_LOADS,
     STAGE_DECODE,
     STAGE_MODEL,
     STAGE_VALIDATE,
-    DeadLetter,
 )
+from transforms.dead_letters import DeadLetter
 from transforms.decode import ExampleDecoder, dense_column, fixed_length, scalar_or_list
-from transforms.records import Record, RecordChunk, chunk_length, chunk_records
+from transforms.tfrecords import Record, RecordChunk, chunk_length, chunk_records
 
-METRICS_NAMESPACE = "igbeam"
-ATTRIBUTION_PREFIX = "attr_"
-KEY_COLUMN = "key"
+__all__ = [
+    "RESULT_FIELDS",
+    "AttributeBatchDoFn",
+    "AttributeRecords",
+    "AttributeResult",
+    "Attributor",
+    "EngineSpec",
+    "LoadedEngine",
+    "LoadedExport",
+    "attribution_schema",
+    "offer_loaded_engine",
+]
+
 RESULT_FIELDS = [
     pa.field(KEY_COLUMN, pa.string(), nullable=False),
     pa.field("target", pa.int64(), nullable=False),
@@ -50,55 +70,77 @@ RESULT_FIELDS = [
 ]
 
 
+@runtime_checkable
+class Attributor(Protocol):
+    """What the attribution DoFn needs of a loaded engine (`LoadedEngine`, `LoadedExport`).
+
+    Attributes:
+      attributed_names: The attributed features (or the one layer), in output order.
+      layer: The layer of layer attribution, else None.
+      needs_serialized: `attribute` needs the serialized examples (a preprocessing model).
+      feature_specs: The features to read from the examples: name -> TensorSpec [None, ...].
+    """
+
+    attributed_names: list[str]
+    layer: str | None
+    needs_serialized: bool
+    feature_specs: dict[str, tf.TensorSpec]
+
+    def attributed_sizes(self) -> dict[str, int]:
+        """Output column name -> values per example (1 means a scalar column)."""
+        ...
+
+    def attribute(
+        self, arrays: dict[str, np.ndarray], keys: np.ndarray, serialized: list[bytes]
+    ) -> Attribution:
+        """Attributes one batch: feature arrays, keys [B] and (when needed) serialized examples."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineSpec:
-    """Everything a worker needs to build the engine: plain, picklable data (no TF objects)."""
+    """Everything a worker needs to build the engine: the job's settings, picklable, no TF.
 
-    model_path: str
-    signature: str = "serving_default"
-    safe_mode: bool = True
-    preprocess_path: str | None = None
+    Attributes:
+      model: The model section of the job config.
+      attribution: The attribution section (method, steps, baseline, target, layer, output).
+      features: The attributed features (None: every model input).
+      max_rows_per_call: The engine's row bound per gradient call.
+    """
+
+    model: ModelConfig
+    attribution: AttributionConfig = dataclasses.field(default_factory=AttributionConfig)
     features: tuple[str, ...] | None = None
-    layer: str | None = None
-    output: str | None = None
-    method: str = "gausslegendre"
-    steps: int = 50
-    baseline: Baseline = dataclasses.field(default_factory=Baseline)
-    target: Target = dataclasses.field(default_factory=Target)
-    max_rows_per_call: int = 16384
+    max_rows_per_call: int | None = None
 
-    def load(self) -> LoadedEngine | LoadedExport:
+    def load(self) -> Attributor:
         """Loads the model(s) and builds the compiled engine (expensive; once per process).
 
         With `signature: integrated_gradients` the model is an igbeam export: only the SavedModel
         is loaded and its signature called (every engine setting is baked into it).
         """
-        if self.signature == EXPORT_SIGNATURE:
-            return LoadedExport(ExportedAttributor(self.model_path))
-        model = load_model(self.model_path, signature=self.signature, safe_mode=self.safe_mode)
+        model = self.model
+        if model.signature == IG_SIGNATURE:
+            return LoadedExport(ExportedAttributor(model.path))
+        adapter = load_model(model.path, signature=model.signature, safe_mode=model.safe_mode)
         preprocess = None
-        if self.preprocess_path:
-            preprocess = load_model(self.preprocess_path, safe_mode=self.safe_mode)
+        if model.preprocess_path:
+            preprocess = load_model(model.preprocess_path, safe_mode=model.safe_mode)
         engine = IntegratedGradients(
-            model,
-            features=list(self.features) if self.features is not None else None,
-            layer=self.layer,
-            output=self.output,
-            method=self.method,
-            steps=self.steps,
-            baseline=self.baseline,
-            target=self.target,
+            adapter,
+            settings=self.attribution,
+            features=self.features,
             max_rows_per_call=self.max_rows_per_call,
         )
-        return LoadedEngine(model, preprocess, engine)
+        return LoadedEngine(adapter, preprocess, engine)
 
 
-_OFFERED: dict[str, Any] = {}
+_OFFERED: dict[str, Attributor] = {}
 """Engines built by the launcher, by spec tag, for workers that run in the same process."""
 
 
 @contextlib.contextmanager
-def offer_loaded_engine(spec: EngineSpec, loaded: Any) -> Iterator[None]:
+def offer_loaded_engine(spec: EngineSpec, loaded: Attributor | None) -> Iterator[None]:
     """Offers `loaded` (built from `spec`) to `AttributeBatchDoFn`s in this process.
 
     The launcher builds the engine anyway, to check the model against the schema; on a runner
@@ -292,22 +334,22 @@ class AttributeBatchDoFn(beam.DoFn):
         self._key_feature = key_feature
         self._passthrough = list(passthrough)
         self._shared = shared.Shared()  # one engine per worker process
-        self._loaded: LoadedEngine | LoadedExport | None = None
+        self._loaded: Attributor | None = None
         self._decoder: ExampleDecoder | None = None
         self._layout: list[tuple[str, int, tuple[int, ...], np.dtype]] | None = None
         ns = METRICS_NAMESPACE
-        self._examples = beam.metrics.Metrics.counter(ns, "examples_attributed")
-        self._batches = beam.metrics.Metrics.counter(ns, "batches")
-        self._loads = beam.metrics.Metrics.counter(ns, "model_loads")
-        self._failures = beam.metrics.Metrics.counter(ns, "model_failures")
+        self._examples = beam.metrics.Metrics.counter(ns, EXAMPLES_ATTRIBUTED)
+        self._batches = beam.metrics.Metrics.counter(ns, BATCHES)
+        self._loads = beam.metrics.Metrics.counter(ns, MODEL_LOADS)
+        self._failures = beam.metrics.Metrics.counter(ns, MODEL_FAILURES)
         self._dead = {
-            s: beam.metrics.Metrics.counter(ns, f"dead_letters_{s}")
+            s: beam.metrics.Metrics.counter(ns, DEAD_LETTER_COUNTERS[s])
             for s in (STAGE_DECODE, STAGE_VALIDATE, STAGE_MODEL)
         }
-        self._abs_delta = beam.metrics.Metrics.distribution(ns, "abs_delta_micros")
+        self._abs_delta = beam.metrics.Metrics.distribution(ns, ABS_DELTA_MICROS)
 
     def setup(self) -> None:
-        def build() -> LoadedEngine | LoadedExport:
+        def build() -> Attributor:
             # Metrics updated in setup() are not attributed to a step: count it in process().
             self._load_to_report = True
             offered = _OFFERED.pop(repr(self._spec), None)
@@ -330,24 +372,31 @@ class AttributeBatchDoFn(beam.DoFn):
     def _keys(
         self, batch: pa.RecordBatch, records: Sequence[Record]
     ) -> tuple[list[str], list[str]]:
+        """The key of each example and a reason per unusable key ("" when usable).
+
+        Keys stay exact: a bytes key that is not valid UTF-8 is not replaced (two different keys
+        could collapse into one); its record is dead-lettered with the key's bytes escaped.
+        """
         if self._key_feature is None:
             return [f"{r.file}:{r.index}" for r in records], [""] * len(records)
-        column = batch.column(batch.schema.get_field_index(self._key_feature))
+        name = self._key_feature
+        column = batch.column(batch.schema.get_field_index(name))
         keys, reasons = [], []
         for value in column.to_pylist():
             if not value:
                 keys.append("")
-                reasons.append(f"key feature {self._key_feature!r} is missing")
+                reasons.append(f"key feature {name!r} is missing")
                 continue
             first = value[0]
-            keys.append(
-                first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first)
-            )
-            reasons.append(
-                ""
-                if len(value) == 1
-                else f"key feature {self._key_feature!r} has {len(value)} values"
-            )
+            reason = "" if len(value) == 1 else f"key feature {name!r} has {len(value)} values"
+            if isinstance(first, bytes):
+                try:
+                    first = first.decode("utf-8")
+                except UnicodeDecodeError:
+                    escaped = first.decode("utf-8", "backslashreplace")
+                    first, reason = escaped, f"key feature {name!r} is not valid UTF-8: {escaped!r}"
+            keys.append(str(first))
+            reasons.append(reason)
         return keys, reasons
 
     def _features(self, batch: pa.RecordBatch) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -386,7 +435,7 @@ class AttributeBatchDoFn(beam.DoFn):
         except Exception as err:  # noqa: BLE001 - every failure is retried or dead-lettered
             self._failures.inc()
             if len(rows.index) == 1:
-                yield rows.index, None, f"model failed: {_short(err)}"
+                yield rows.index, None, f"model failed: {one_line(err, limit=300)}"
                 return
         half = len(rows.index) // 2
         yield from self._attribute(rows.part(slice(0, half)))
@@ -480,20 +529,24 @@ class AttributeBatchDoFn(beam.DoFn):
             )
 
 
-def _short(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    text = text or type(err).__name__
-    return text[:300]
+class AttributeResult(NamedTuple):
+    """The outputs of `AttributeRecords`.
+
+    Attributes:
+      results: PCollection of `pa.RecordBatch`, per-example results with the output schema.
+      dead_letters: PCollection of `DeadLetter` (stages decode, validate, model).
+    """
+
+    results: beam.PCollection[pa.RecordBatch]
+    dead_letters: beam.PCollection[DeadLetter]
 
 
-class AttributeRecords(beam.PTransform):
-    """Batches record chunks and attributes them: PCollection[RecordChunk] -> (results, dead).
+class AttributeRecords(beam.PTransform[beam.PCollection[RecordChunk], AttributeResult]):
+    """Batches record chunks and attributes them: PCollection[RecordChunk] -> AttributeResult.
 
     The input holds record chunks (`ReadTFRecords(..., chunk_size=batch_size)`), batched to
-    about `batch_size` records per model call without one Beam element per record.
-
-    Returns a `DoOutputsTuple` whose main output holds `pa.RecordBatch` per-example results and
-    whose `DEAD_LETTER_TAG` output holds `DeadLetter`s.
+    about `batch_size` records per model call without one Beam element per record. The engine
+    is built from `spec` in each worker's `setup()` (one per process), never here.
     """
 
     def __init__(
@@ -514,7 +567,7 @@ class AttributeRecords(beam.PTransform):
         self._key_feature = key_feature
         self._passthrough = passthrough
 
-    def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+    def expand(self, records: beam.PCollection[RecordChunk]) -> AttributeResult:
         fn = AttributeBatchDoFn(
             self._spec,
             self._schema,
@@ -522,7 +575,7 @@ class AttributeRecords(beam.PTransform):
             key_feature=self._key_feature,
             passthrough=self._passthrough,
         )
-        return (
+        outputs = (
             records
             | "BatchRecords"
             >> beam.BatchElements(
@@ -532,3 +585,4 @@ class AttributeRecords(beam.PTransform):
             )
             | "Attribute" >> beam.ParDo(fn).with_outputs(DEAD_LETTER_TAG, main="results")
         )
+        return AttributeResult(outputs.results, outputs[DEAD_LETTER_TAG])

@@ -45,8 +45,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tfx_bsl.sketches import QuantilesSketch
 
+from transforms.constants import ATTRIBUTION_PREFIX
+
 __all__ = [
     "ALL_SLICE",
+    "DEFAULT_EPSILON",
     "FEATURE_STATS_SCHEMA",
     "NULL_SLICE_VALUE",
     "SLICE_STATS_SCHEMA",
@@ -57,10 +60,12 @@ __all__ = [
     "compute_statistics",
 ]
 
+DEFAULT_EPSILON = 0.01
+"""Rank error of the quantile sketches, as a fraction of the count (TFDV's default)."""
+
 ALL_SLICE: tuple[str, str] = ("all", "")
 TARGET_SLICE_NAME = "target"
 NULL_SLICE_VALUE = "<null>"
-ATTRIBUTION_PREFIX = "attr_"
 
 # Number of |delta| quantile buckets: boundaries at multiples of 5%, so p50 is boundary 10 and
 # p95 boundary 19.
@@ -390,7 +395,7 @@ class AttributionStatsCombineFn(beam.CombineFn):
         slices: Sequence[Sequence[str]] = (),
         slice_by_target: bool = True,
         quantiles: int = 10,
-        epsilon: float = 0.001,
+        epsilon: float = DEFAULT_EPSILON,
         max_num_elements: int = 1 << 32,
     ) -> None:
         """Initialises the combine fn.
@@ -701,7 +706,9 @@ def _exact_quantiles(values: np.ndarray, buckets: int) -> np.ndarray:
     return np.quantile(values, np.linspace(0.0, 1.0, buckets + 1), axis=1, method="inverted_cdf").T
 
 
-class ComputeAttributionStatistics(beam.PTransform):
+class ComputeAttributionStatistics(
+    beam.PTransform[beam.PCollection[pa.RecordBatch], beam.PCollection[AttributionStatistics]]
+):
     """PCollection[pa.RecordBatch] -> PCollection with exactly one `AttributionStatistics`.
 
     An empty input gives one result with empty tables. Configuration is forwarded to

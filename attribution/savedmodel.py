@@ -1,4 +1,4 @@
-"""Export a model and its Integrated Gradients as one SavedModel with two signatures.
+"""A model and its Integrated Gradients as one SavedModel: writing it, and running from it.
 
 `export_integrated_gradients(engine, export_dir)` writes a SavedModel that serves, in plain
 TensorFlow (no igbeam import needed to load or call it):
@@ -47,14 +47,20 @@ into the graph, so it must be TensorFlow-traceable, as the engine already requir
 (see the inputs); every baseline kind; input and layer attribution (the Keras model is saved with
 the signature). Per-call `targets=` overrides of `engine.attribute` have no counterpart.
 
+One implementation: the signature calls the engine's own graph function,
+`IntegratedGradients.attribute_packed` (baselines, class choice, chunked path sums, the average
+over baseline samples, the delta), the very function the engine's host loop calls. Only what a
+signature needs on top lives here: the preprocess model, keys and labels read from signature
+inputs, named outputs, and the loop over example chunks that the host does in Python.
+
 Memory bound: like the engine, no model evaluation inside `integrated_gradients` sees more than
 `max_rows_per_call` rows (the preprocess model, and `serving_default`, take the whole batch).
-The batch dimension is dynamic, so the graph chunks it with `tf.while_loop`s run one iteration
-at a time (parallel_iterations=1): forward passes take `max_rows_per_call` rows (example x
-baseline pairs) at a time, and gradients take the engine's (rows, path points) blocks: all
-`steps` points for `max(1, max_rows_per_call // steps)` rows, or, when steps >
-max_rows_per_call, one row and `max_rows_per_call` points at a time, the path-point chunks
-accumulated in float64 exactly as the engine's host loop does.
+The batch dimension is dynamic, so the graph calls `attribute_packed` on chunks of
+`engine.examples_per_call` examples in a `tf.while_loop` run one iteration at a time.
+
+`ExportedAttributor` (below) loads such a SavedModel and calls its `integrated_gradients`
+signature on numpy batches, returning the engine's `Attribution`, so the pipeline treats an
+export and a live engine alike.
 
 How this differs from TF-GNN's `runner.IntegratedGradientsExporter`: TF-GNN's signature returns
 the raw sum over its `steps` interpolation points of the gradients of the model's compiled *loss*
@@ -70,16 +76,27 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from attribution.baselines import random_uniform_tf
-from attribution.engine import IntegratedGradients, rows_per_chunk
+from attribution.engine import Attribution, IntegratedGradients, map_chunks
+from attribution.errors import ModelLoadError, one_line
 from attribution.models import ModelAdapter
-from attribution.targets import NO_CLASS
+from attribution.targets import check_classes, requested_classes
+
+__all__ = [
+    "BASELINE_INPUT_PREFIX",
+    "EXAMPLES_INPUT",
+    "FIXED_OUTPUTS",
+    "IG_SIGNATURE",
+    "KEYS_INPUT",
+    "SERVING_SIGNATURE",
+    "ExportedAttributor",
+    "export_integrated_gradients",
+]
 
 SERVING_SIGNATURE = "serving_default"
 IG_SIGNATURE = "integrated_gradients"
@@ -239,18 +256,10 @@ class _SignatureBuilder:
         return (inner.num_elements() if inner.is_fully_defined() else None), selected.dtype
 
     def _check_target(self) -> None:
-        kind, classes = self.target.kind, self.classes
-        if kind == "scalar" and classes is not None and classes != 1:
-            raise ValueError(
-                f"target kind 'scalar' needs an output of width 1; output {self.engine.output!r} "
-                f"has {classes}: use 'predicted', 'index' or 'label'"
-            )
-        if kind == "index" and classes is not None and self.target.value >= classes:
-            raise ValueError(
-                f"target class {self.target.value} is out of range: output "
-                f"{self.engine.output!r} has {classes} classes (0..{classes - 1})"
-            )
-        if kind == "label" and self.preprocess is not None:
+        if self.classes is not None:
+            fixed = self.target.value if self.target.kind == "index" else None
+            check_classes(self.target, self.engine.output, self.classes, fixed)
+        if self.target.kind == "label" and self.preprocess is not None:
             names = self.preprocess.output_names
             if self.target.feature not in names:
                 raise ValueError(
@@ -317,71 +326,6 @@ class _SignatureBuilder:
         ):
             return tf.identity(keys)
 
-    def _requested(self, available: TensorDict, n: tf.Tensor) -> tf.Tensor:
-        """Target indices [n] int32; -1 means the arg-max (predicted) class."""
-        kind = self.target.kind
-        if kind == "index":
-            return tf.fill([n], tf.constant(self.target.value, tf.int32))
-        if kind in ("scalar", "callable"):
-            return tf.zeros([n], tf.int32)
-        if kind == "predicted":
-            return tf.fill([n], tf.constant(-1, tf.int32))
-        name = self.target.feature
-        if name not in available:
-            raise ValueError(f"target kind 'label': no label feature {name!r} to read")
-        label = tf.convert_to_tensor(available[name])
-        if not label.dtype.is_integer:
-            raise ValueError(
-                f"label feature {name!r} must hold integer classes, not {label.dtype.name}"
-            )
-        label = tf.reshape(label, [n])  # fails unless one class per example
-        checks = [
-            tf.debugging.assert_non_negative(label, message=f"label {name!r} has negative classes")
-        ]
-        if self.classes is not None:
-            checks.append(
-                tf.debugging.assert_less(
-                    label,
-                    tf.cast(self.classes, label.dtype),
-                    message=f"label {name!r} is out of range for output {self.engine.output!r}",
-                )
-            )
-        with tf.control_dependencies(checks):
-            return tf.cast(label, tf.int32)
-
-    def _baselines(
-        self, x: TensorDict, available: TensorDict, n: tf.Tensor
-    ) -> dict[str, tf.Tensor]:
-        """name -> [n, S, *shape] in the attributed tensor's dtype."""
-        spec = self.baseline
-        out = {}
-        keys = self._keys(available, n) if self.random else None
-        for index, (name, fspec) in enumerate(self.engine.attributed_specs.items()):
-            value, dtype = x[name], fspec.dtype
-            if spec.kind == "zeros":
-                base = tf.zeros_like(value)
-            elif spec.kind == "constant":
-                base = tf.fill(tf.shape(value), tf.constant(spec.value, dtype))
-            elif spec.kind == "per_feature":
-                const = tf.constant(np.asarray(spec.values[name], dtype=dtype.as_numpy_dtype))
-                base = tf.broadcast_to(const, tf.shape(value))
-            elif spec.kind == "array":
-                base = available[BASELINE_INPUT_PREFIX + name]
-                check = tf.debugging.assert_equal(
-                    tf.shape(base), tf.shape(value), message=f"baseline_{name} shape mismatch"
-                )
-                with tf.control_dependencies([check]):
-                    base = tf.identity(base)
-            else:
-                low, high = spec.bounds(name)
-                shape = tuple(fspec.shape[1:])
-                out[name] = random_uniform_tf(
-                    keys, shape, low, high, spec.seed, spec.samples, index, dtype
-                )
-                continue
-            out[name] = base[:, tf.newaxis]
-        return out
-
     # ------------------------------------------------------------------------ signatures
 
     def serve(self, **kw: tf.Tensor) -> TensorDict:
@@ -390,166 +334,165 @@ class _SignatureBuilder:
 
     def integrated_gradients(self, **kw: tf.Tensor) -> TensorDict:
         engine = self.engine
-        max_rows = engine.max_rows_per_call
+        layout = engine.layout()
         inputs, available = self._model_inputs(kw)
         n = tf.shape(next(iter(inputs.values())))[0]
-        requested = self._requested(available, n)
-
+        label = None
+        if self.target.kind == "label":
+            label = available.get(self.target.feature)
+            if label is None:
+                raise ValueError(f"target kind 'label': no label feature {self.target.feature!r}")
+        requested = requested_classes(self.target, n, label, self.classes)
         if engine.layer is None:
             x = {name: inputs[name] for name in engine.attributed_specs}
         else:
-            x = _map_chunks(
-                lambda s, t: engine.embed(_slice(inputs, s, t)),
+            x = map_chunks(
+                lambda s, t: engine.embed(_rows(inputs, s, t)),
                 n,
-                max_rows,
+                engine.max_rows_per_call,
                 engine.attributed_specs,
             )
-        base = self._baselines(x, available, n)
-        samples = self.baseline.num_samples
+        rest = {k: v for k, v in inputs.items() if k not in engine.attributed_specs}
+        keys = self._keys(available, n) if self.random else tf.fill([n], tf.constant("", tf.string))
+        provided = {}
+        if self.baseline.kind == "array":
+            given = {}
+            for name in engine.attributed_specs:
+                base = available[BASELINE_INPUT_PREFIX + name]
+                check = tf.debugging.assert_equal(
+                    tf.shape(base), tf.shape(x[name]), message=f"baseline_{name} shape mismatch"
+                )
+                with tf.control_dependencies([check]):
+                    given[name] = tf.identity(base)
+            provided = {k: v[:, tf.newaxis] for k, v in layout.pack(given).items()}
+        packed = layout.pack(x)
 
-        r_inputs = {k: tf.repeat(v, samples, axis=0) for k, v in inputs.items()}
-        r_x = {k: tf.repeat(v, samples, axis=0) for k, v in x.items()}
-        r_base = {
-            k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], axis=0)) for k, v in base.items()
-        }
-        r_req = tf.repeat(requested, samples, axis=0)
-        rows = n * samples
+        def chunk(s: tf.Tensor, t: tf.Tensor) -> TensorDict:
+            return engine.attribute_packed(
+                _rows(rest, s, t),
+                _rows(packed, s, t),
+                keys[s:t],
+                _rows(provided, s, t),
+                requested[s:t],
+            )
 
-        out_spec = {"out": tf.TensorSpec([None, self.classes], self.out_dtype)}
-
-        def forward(attributed: TensorDict) -> tf.Tensor:
-            return _map_chunks(
-                lambda s, t: {
-                    "out": engine.selected_output(_slice(r_inputs, s, t), _slice(attributed, s, t))
-                },
-                rows,
-                max_rows,
-                out_spec,
-                unknown_dim=1,  # no rows: an [0, 1] output keeps argmax well defined
-            )["out"]
-
-        out = forward(r_x)
-        if self.target.kind == "scalar" and self.classes is None:
-            with tf.control_dependencies(
-                [tf.debugging.assert_equal(tf.shape(out)[1], 1, message="scalar needs width 1")]
-            ):
-                out = tf.identity(out)
-        argmax = tf.argmax(out, axis=1, output_type=tf.int32)
-        chosen = tf.where(r_req < 0, argmax, r_req)
-        fx = tf.cast(tf.gather(out, chosen, axis=1, batch_dims=1), tf.float64)
-        fb_out = forward(r_base)
-        fb = tf.cast(tf.gather(fb_out, chosen, axis=1, batch_dims=1), tf.float64)
-        grads = self._gradient_rows(r_inputs, r_x, r_base, chosen, rows)
-
-        result: TensorDict = {}
-        attributions = {}
-        total = tf.zeros([n], tf.float64)
-        for name in x:
-            diff = tf.cast(r_x[name], tf.float64) - tf.cast(r_base[name], tf.float64)
-            per_row = diff * grads[name]
-            shape = tf.concat([[n, samples], tf.shape(per_row)[1:]], axis=0)
-            attr = tf.reduce_mean(tf.reshape(per_row, shape), axis=1)
-            attributions[name] = attr
-            total += tf.reduce_sum(tf.reshape(attr, [n, -1]), axis=1)
-            result[f"{self.output_name}/{name}"] = attr
-        predictions = tf.reshape(fx, [n, samples])[:, 0]
-        baseline_predictions = tf.reduce_mean(tf.reshape(fb, [n, samples]), axis=1)
-        result["prediction"] = predictions
-        result["baseline_prediction"] = baseline_predictions
-        result["delta"] = total - (predictions - baseline_predictions)
-        if self.target.kind in ("callable", "scalar"):
-            result["target"] = tf.fill([n], tf.constant(NO_CLASS, tf.int64))
+        if engine.examples_per_call is None:  # the graph chunks rows itself
+            out = chunk(tf.constant(0), n)
         else:
-            result["target"] = tf.cast(tf.reshape(chosen, [n, samples])[:, 0], tf.int64)
+            out = map_chunks(chunk, n, engine.examples_per_call, engine.output_specs(), 1)
+        checks = [
+            tf.debugging.assert_less(
+                out["chosen"],
+                out["classes"],
+                message=f"target class out of range for {engine.output!r}",
+            )
+        ]
+        if self.target.kind == "scalar":
+            checks.append(
+                tf.debugging.assert_equal(out["classes"], 1, message="scalar needs width 1")
+            )
+        with tf.control_dependencies(checks):
+            result: TensorDict = {name: tf.identity(out[name]) for name in FIXED_OUTPUTS}
+        attributions = layout.unpack({k: out["attributions/" + k] for k in layout.groups})
+        for name, attr in attributions.items():
+            result[f"{self.output_name}/{name}"] = attr
         if engine.layer is not None:
             result[f"layer_scores/{engine.layer}"] = tf.reduce_sum(
                 attributions[engine.layer], axis=-1
             )
-        for name, b in base.items():
-            result[f"baseline/{name}"] = b
+        first = out["baselines/" + next(iter(layout.groups))]
+        samples = tf.shape(first)[1]
+        flat = layout.unpack(
+            {k: tf.reshape(out["baselines/" + k], [-1, layout.width(k)]) for k in layout.groups}
+        )
+        for name, base in flat.items():
+            shape = engine.attributed_specs[name].shape[1:].as_list()
+            result[f"baseline/{name}"] = tf.reshape(base, [n, samples, *shape])
         return result
 
-    def _gradient_rows(
-        self,
-        r_inputs: TensorDict,
-        r_x: TensorDict,
-        r_base: TensorDict,
-        chosen: tf.Tensor,
-        rows: tf.Tensor,
-    ) -> TensorDict:
-        """sum_k w_k dF_t/dz per row in float64, in the engine's (rows, points) blocks."""
-        engine = self.engine
-        examples, points = rows_per_chunk(engine.steps, engine.max_rows_per_call)
-        alphas = tf.constant(engine.alphas, tf.float64)
-        weights = tf.constant(engine.weights, tf.float64)
-        n_chunks = -(-engine.steps // points)
-        specs = {k: tf.TensorSpec(s.shape, tf.float64) for k, s in engine.attributed_specs.items()}
 
-        def block(s: tf.Tensor, t: tf.Tensor) -> TensorDict:
-            ins, xs, bs = _slice(r_inputs, s, t), _slice(r_x, s, t), _slice(r_base, s, t)
-            tg = chosen[s:t]
-
-            def part(j: Any) -> TensorDict:
-                a, w = alphas[j * points : (j + 1) * points], weights[j * points : (j + 1) * points]
-                g = engine.grad_sum(ins, xs, bs, tg, a, w)
-                return {k: tf.cast(v, tf.float64) for k, v in g.items()}
-
-            if n_chunks == 1:
-                return part(0)
-            init = {k: tf.zeros(tf.shape(v), tf.float64) for k, v in xs.items()}
-
-            def body(j: tf.Tensor, acc: TensorDict) -> tuple[tf.Tensor, TensorDict]:
-                p = part(j)
-                return j + 1, {k: acc[k] + p[k] for k in acc}
-
-            _, acc = tf.while_loop(
-                lambda j, _: j < n_chunks,
-                body,
-                [tf.constant(0), init],
-                shape_invariants=[tf.TensorShape([]), {k: specs[k].shape for k in init}],
-                parallel_iterations=1,
-            )
-            return acc
-
-        return _map_chunks(block, rows, examples, specs)
-
-
-def _slice(tensors: Mapping[str, tf.Tensor], start: tf.Tensor, stop: tf.Tensor) -> TensorDict:
+def _rows(tensors: Mapping[str, tf.Tensor], start: tf.Tensor, stop: tf.Tensor) -> TensorDict:
     return {k: v[start:stop] for k, v in tensors.items()}
 
 
-def _map_chunks(
-    fn: Callable[[tf.Tensor, tf.Tensor], Mapping[str, tf.Tensor]],
-    n: tf.Tensor,
-    size: int,
-    specs: Mapping[str, tf.TensorSpec],
-    unknown_dim: int = 0,
-) -> TensorDict:
-    """Concatenates fn(start, stop) over [0, n) in chunks of `size` rows, one chunk at a time.
+class ExportedAttributor:
+    """The `integrated_gradients` signature of an igbeam export, callable on numpy batches.
 
-    With n == 0 the result has 0 rows and `unknown_dim` for the dimensions `specs` leaves open.
+    Attributes:
+      feature_specs: Signature inputs fed from example features (everything but `examples` and
+        `keys`), name -> TensorSpec.
+      takes_examples: The signature takes serialized tf.Examples (`examples`).
+      takes_keys: The signature takes example keys (random baselines).
+      attributed_names: Attributed feature (or layer) names.
+      layer: The layer name for layer attribution, else None.
     """
-    count = (n + size - 1) // size
-    arrays = {
-        k: tf.TensorArray(
-            s.dtype,
-            size=count,
-            infer_shape=False,
-            element_shape=tf.TensorShape([None]).concatenate(s.shape[1:]),
+
+    def __init__(self, path: str, signature: str = IG_SIGNATURE) -> None:
+        try:
+            self._loaded = tf.saved_model.load(path)
+        except (OSError, ValueError, tf.errors.OpError) as err:
+            raise ModelLoadError(f"cannot load SavedModel {path!r}: {one_line(err)}") from err
+        signatures = getattr(self._loaded, "signatures", {})
+        if signature not in signatures:
+            raise ModelLoadError(
+                f"SavedModel {path!r} has no signature {signature!r} (export it with "
+                f"`igbeam export`); it has: {', '.join(sorted(signatures)) or 'none'}"
+            )
+        self._fn = signatures[signature]
+        _, inputs = self._fn.structured_input_signature
+        outputs = self._fn.structured_outputs
+        self.takes_examples = EXAMPLES_INPUT in inputs
+        self.takes_keys = KEYS_INPUT in inputs
+        self.feature_specs = {
+            k: v for k, v in inputs.items() if k not in (EXAMPLES_INPUT, KEYS_INPUT)
+        }
+        prefixes = {k.split("/", 1)[0] for k in outputs if "/" in k}
+        prefixes -= {"baseline", "layer_scores"}
+        if len(prefixes) != 1 or not set(outputs) >= set(FIXED_OUTPUTS):
+            raise ModelLoadError(
+                f"signature {signature!r} of {path!r} is not an igbeam integrated_gradients "
+                f"signature (outputs: {', '.join(sorted(outputs))})"
+            )
+        self._prefix = prefixes.pop()
+        self.attributed_names = sorted(
+            k.split("/", 1)[1] for k in outputs if k.startswith(self._prefix + "/")
         )
-        for k, s in specs.items()
-    }
+        layers = [k.split("/", 1)[1] for k in outputs if k.startswith("layer_scores/")]
+        self.layer = layers[0] if layers else None
+        self._output_specs = dict(outputs)
 
-    def body(i: tf.Tensor, arrays: dict) -> tuple[tf.Tensor, dict]:
-        start = i * size
-        out = fn(start, tf.minimum(n, start + size))
-        return i + 1, {k: arrays[k].write(i, out[k]) for k in arrays}
+    def output_shape(self, name: str) -> tf.TensorShape:
+        """Per-example shape of the attributions (per-token scores for a layer) of `name`."""
+        key = f"layer_scores/{name}" if self.layer else f"{self._prefix}/{name}"
+        return self._output_specs[key].shape[1:]
 
-    _, arrays = tf.while_loop(
-        lambda i, _: i < count, body, [tf.constant(0), arrays], parallel_iterations=1
-    )
-
-    def empty(spec: tf.TensorSpec) -> tf.Tensor:  # concat of no chunks needs static shapes
-        return tf.zeros([0, *(unknown_dim if d is None else d for d in spec.shape[1:])], spec.dtype)
-
-    return {k: tf.cond(count > 0, arrays[k].concat, lambda k=k: empty(specs[k])) for k in arrays}
+    def attribute(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        keys: Any = None,
+        examples: Any = None,
+    ) -> Attribution:
+        """Calls the signature on a batch; see `IntegratedGradients.attribute` for the result."""
+        feeds = {
+            name: tf.convert_to_tensor(
+                np.asarray(inputs[name]).reshape((-1, *spec.shape[1:].as_list())), spec.dtype
+            )
+            for name, spec in self.feature_specs.items()
+        }
+        if self.takes_examples:
+            feeds[EXAMPLES_INPUT] = tf.constant(list(examples), tf.string)
+        if self.takes_keys:
+            feeds[KEYS_INPUT] = tf.constant([str(k) for k in keys], tf.string)
+        out = {k: v.numpy() for k, v in self._fn(**feeds).items()}
+        attributions = {n: out[f"{self._prefix}/{n}"] for n in self.attributed_names}
+        layer_scores = out[f"layer_scores/{self.layer}"] if self.layer else None
+        return Attribution(
+            attributions=attributions,
+            predictions=out["prediction"],
+            baseline_predictions=out["baseline_prediction"],
+            deltas=out["delta"],
+            targets=out["target"],
+            baselines={k.split("/", 1)[1]: v for k, v in out.items() if k.startswith("baseline/")},
+            layer_scores=layer_scores,
+        )
