@@ -6,7 +6,8 @@
 Unknown options are handed to Beam untouched (`--runner`, `--direct_num_workers`,
 `--temp_location`, `--setup_file`, ...), so the same command runs on the DirectRunner, Dataflow or
 Flink. Errors found before the pipeline starts print one line and exit 2 (a stack trace only with
-`--verbose`).
+`--verbose`). TensorFlow's native log lines are dropped unless `--verbose` (`pipeline.console`);
+runs longer than a few seconds print a progress line every `--progress` seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+
+from pipeline.console import quiet_native_logs
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the pipeline failed, or the accounting invariant did not hold
@@ -44,7 +47,19 @@ def _parser() -> argparse.ArgumentParser:
         help="exit 3 when more than this fraction of records is dead-lettered "
         "(overrides the config's max_dead_letter_fraction, default 0.01)",
     )
-    run.add_argument("--verbose", action="store_true", help="stack traces and Beam logs")
+    run.add_argument(
+        "--progress",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="print a progress line every SECONDS while the run goes on (0: never; runs shorter "
+        "than SECONDS print none)",
+    )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stack traces, Beam logs and TensorFlow's native logs",
+    )
     export = sub.add_parser(
         "export",
         help="write a SavedModel with serving_default and integrated_gradients signatures",
@@ -62,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
         help="with a preprocessing model and random_uniform baselines: the preprocessing output "
         "holding each example's key (else the signatures take a `keys` input)",
     )
-    export.add_argument("--verbose", action="store_true", help="stack traces")
+    export.add_argument(
+        "--verbose", action="store_true", help="stack traces and TensorFlow's native logs"
+    )
     return parser
 
 
@@ -88,7 +105,9 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     except JobError as err:
         return _fail(str(err))
     try:
-        summary = run_job(config, beam_args, plan=plan, started=started)
+        summary = run_job(
+            config, beam_args, plan=plan, started=started, progress_interval=args.progress or None
+        )
     except DeadLetterThresholdError as err:
         print(f"igbeam: error: {err}", file=sys.stderr)
         return EXIT_DEAD_LETTERS
@@ -142,6 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, beam_args = _parser().parse_known_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
+    with quiet_native_logs(enabled=not args.verbose):
+        return _main(args, beam_args)
+
+
+def _main(args: argparse.Namespace, beam_args: list[str]) -> int:
     try:
         if args.command == "run":
             return _run(args, beam_args)

@@ -15,12 +15,15 @@ Everything that can be checked before Beam starts is checked first (`JobError`, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -33,6 +36,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from attribution import ModelLoadError
 from pipeline.config import JobConfig
+from pipeline.console import ProgressPrinter
+from transforms import progress
 from transforms.attribute import (
     AttributeRecords,
     Attributor,
@@ -64,7 +69,7 @@ from transforms.outputs import (
     WriteRunOutputs,
     write_parquet_file,
 )
-from transforms.records import ReadTFRecords, expand_file_pattern, read_tfrecord_file
+from transforms.records import ReadTFRecords, match_files, read_tfrecord_file
 from transforms.statistics import FEATURE_STATS_SCHEMA, SLICE_STATS_SCHEMA
 from transforms.tfrecords import Record
 
@@ -102,6 +107,7 @@ class Plan:
     output_schema: pa.Schema
     attributed: list[str]
     schema_inferred: bool
+    input_bytes: int
     loaded: Attributor | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
@@ -138,11 +144,12 @@ def plan_job(config: JobConfig) -> Plan:
         among the model inputs or not in the schema, unwritable output.
     """
     try:
-        files = expand_file_pattern(list(config.input.patterns))
+        sizes = match_files(list(config.input.patterns))
     except ValueError as err:
         raise JobError(f"input.pattern: {err}") from err
     except OSError as err:
         raise JobError(f"input.pattern: cannot list files: {err}") from err
+    files = list(sizes)
     schema_inferred = config.input.schema is None
     if schema_inferred:
         try:
@@ -172,12 +179,22 @@ def plan_job(config: JobConfig) -> Plan:
         if name is not None and name not in in_schema:
             raise JobError(f"feature {name!r} is not in the schema")
     try:
-        sizes = loaded.attributed_sizes()
-        output_schema = attribution_schema(sizes, schema, config.passthrough)
+        attributed_sizes = loaded.attributed_sizes()
+        output_schema = attribution_schema(attributed_sizes, schema, config.passthrough)
     except ValueError as err:
         raise JobError(f"attribution: {err}") from err
     _check_writable(config.output.path)
-    return Plan(config, files, schema, spec, output_schema, list(sizes), schema_inferred, loaded)
+    return Plan(
+        config,
+        files,
+        schema,
+        spec,
+        output_schema,
+        list(attributed_sizes),
+        schema_inferred,
+        sum(sizes.values()),
+        loaded,
+    )
 
 
 def _check_writable(path: str) -> None:
@@ -225,6 +242,26 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         row_group_rows=config.output.row_group_rows,
         shards=config.output.shards,
     )
+
+
+@contextlib.contextmanager
+def _progress(plan: Plan, interval: float | None) -> Iterator[None]:
+    """Workers report counts to a fresh directory that a printer thread reads (`interval` s)."""
+    if not interval:
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="igbeam-progress-")
+    previous = os.environ.get(progress.ENV_VAR)
+    os.environ[progress.ENV_VAR] = directory  # inherited by worker processes started below
+    try:
+        with ProgressPrinter(directory, plan.input_bytes, interval):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(progress.ENV_VAR, None)
+        else:
+            os.environ[progress.ENV_VAR] = previous
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _parquet_rows(pattern: str) -> tuple[int, list[str]]:
@@ -290,15 +327,23 @@ def run_job(
     *,
     plan: Plan | None = None,
     started: float | None = None,
+    progress_interval: float | None = None,
 ) -> dict[str, Any]:
     """Plans, runs and summarises one job; returns the summary (also in summary.json).
+
+    Args:
+      config: The job.
+      beam_args: Pipeline options, handed to Beam as they are.
+      plan: The result of `plan_job(config)` when the caller already made it.
+      started: When the caller began (a `time.time()`), e.g. before its own `plan_job`, so that
+        `wall_seconds` covers planning too.
+      progress_interval: Print a progress line to stderr every this many seconds while the
+        pipeline runs (workers in this machine's processes report; see `transforms.progress`).
+        None: no progress lines.
 
     Raises:
       JobError: an early check failed (before any Beam work).
       RuntimeError: the pipeline did not finish.
-
-    `started` (a `time.time()`) is when the caller began, e.g. before its own `plan_job`, so
-    that `wall_seconds` covers planning too.
     """
     start = started if started is not None else time.time()
     plan = plan or plan_job(config)
@@ -311,7 +356,7 @@ def run_job(
     build_pipeline(pipeline, plan)
     # Workers in this process (the DirectRunner) take the launcher's engine instead of loading
     # the model a second time; elsewhere each worker process loads its own.
-    with offer_loaded_engine(plan.spec, plan.loaded):
+    with offer_loaded_engine(plan.spec, plan.loaded), _progress(plan, progress_interval):
         result = pipeline.run()
         state = result.wait_until_finish()
     if state not in (None, beam.runners.runner.PipelineState.DONE):

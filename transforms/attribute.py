@@ -29,6 +29,7 @@ from attribution.engine import Attribution
 from attribution.errors import one_line
 from attribution.savedmodel import IG_SIGNATURE, ExportedAttributor
 from attribution.settings import ModelConfig
+from transforms import progress
 from transforms.constants import (
     ABS_DELTA_MICROS,
     ATTRIBUTION_PREFIX,
@@ -364,6 +365,7 @@ class AttributeBatchDoFn(beam.DoFn):
 
     def _dead_letter(self, record: Record, stage: str, reason: str, key: str = "") -> Any:
         self._dead[stage].inc()
+        progress.report(dead_letters=1)
         letter = DeadLetter(
             record.file, record.index, record.offset, stage, reason, record.data, key
         )
@@ -482,6 +484,9 @@ class AttributeBatchDoFn(beam.DoFn):
 
     # --------------------------------------------------------------------------------- process
 
+    def finish_bundle(self) -> None:
+        progress.flush()
+
     def process(self, chunks: Sequence[RecordChunk]) -> Iterator[Any]:
         records = [r for chunk in chunks for r in chunk_records(chunk)]
         if self._load_to_report:
@@ -521,6 +526,7 @@ class AttributeBatchDoFn(beam.DoFn):
                     yield self._dead_letter(good_records[pos], STAGE_MODEL, reason, keys[pos])
                 continue
             self._examples.inc(len(positions))
+            progress.report(examples_attributed=len(positions))
             micros = (np.minimum(np.abs(result.deltas), 1e12) * 1e6).astype(np.int64)
             for d in micros.tolist():
                 self._abs_delta.update(d)

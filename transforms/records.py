@@ -20,6 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import progress
 from transforms.constants import (
     BYTES_READ,
     DEAD_LETTER_TAG,
@@ -43,6 +44,7 @@ __all__ = [
     "ReadTFRecordFiles",
     "ReadTFRecords",
     "expand_file_pattern",
+    "match_files",
     "open_with_filesystems",
     "read_tfrecord_file",
 ]
@@ -76,14 +78,14 @@ def read_tfrecord_file(path: str) -> Iterator[Record | DeadLetter]:
     return iter_tfrecord_file(path, open_fn=open_with_filesystems)
 
 
-def expand_file_pattern(pattern: str | list[str]) -> list[str]:
-    """Expands file patterns (globs, local or gs://...) into a sorted list of unique paths.
+def match_files(pattern: str | list[str]) -> dict[str, int]:
+    """Expands file patterns (globs, local or gs://...) into {path: size in bytes}, sorted.
 
     Args:
       pattern: A pattern, several patterns separated by commas, or a list of patterns.
 
     Returns:
-      Sorted unique matching paths.
+      Unique matching paths in sorted order, each with its size.
 
     Raises:
       ValueError: If nothing matches.
@@ -91,14 +93,23 @@ def expand_file_pattern(pattern: str | list[str]) -> list[str]:
     raw_patterns = pattern.split(",") if isinstance(pattern, str) else list(pattern)
     patterns = [p.strip() for p in raw_patterns if p and p.strip()]
     shown = pattern if isinstance(pattern, str) else ",".join(pattern)
-    paths: set[str] = set()
+    sizes: dict[str, int] = {}
     for p in patterns:
         # One pattern per call: FileSystems.match picks the filesystem from the first pattern.
         for result in FileSystems.match([p]):
-            paths.update(metadata.path for metadata in result.metadata_list)
-    if not paths:
+            sizes.update((m.path, int(m.size_in_bytes or 0)) for m in result.metadata_list)
+    if not sizes:
         raise ValueError(f"no files match input pattern '{shown}'")
-    return sorted(paths)
+    return dict(sorted(sizes.items()))
+
+
+def expand_file_pattern(pattern: str | list[str]) -> list[str]:
+    """Expands file patterns into a sorted list of unique paths (see `match_files`).
+
+    Raises:
+      ValueError: If nothing matches.
+    """
+    return list(match_files(pattern))
 
 
 class ReadResult(NamedTuple):
@@ -133,6 +144,7 @@ class _ReadFileDoFn(beam.DoFn):
         def on_read(n: int) -> None:
             nonlocal n_bytes
             n_bytes += n
+            progress.report(bytes_read=n)
 
         indices: list[int] = []
         offsets: list[int] = []
@@ -140,9 +152,11 @@ class _ReadFileDoFn(beam.DoFn):
         for item in iter_tfrecord_file(path, open_fn=self._open_fn, on_read=on_read):
             if isinstance(item, DeadLetter):
                 self._dead_letters.inc()
+                progress.report(read_dead_letters=1)
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, item)
             elif self._chunk_size is None:
                 self._records_read.inc()
+                progress.report(records_read=1)
                 yield item
             else:
                 indices.append(item.index)
@@ -150,10 +164,12 @@ class _ReadFileDoFn(beam.DoFn):
                 payloads.append(item.data)
                 if len(payloads) >= self._chunk_size:
                     self._records_read.inc(len(payloads))
+                    progress.report(records_read=len(payloads))
                     yield (path, indices, offsets, payloads)
                     indices, offsets, payloads = [], [], []
         if payloads:
             self._records_read.inc(len(payloads))
+            progress.report(records_read=len(payloads))
             yield (path, indices, offsets, payloads)
         self._bytes_read.update(n_bytes)
 
