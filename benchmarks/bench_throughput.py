@@ -50,6 +50,8 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from pipeline.examples import shard_path, write_tfrecord_shards  # noqa: E402
+
 NUM_FEATURES = 64
 FEATURES = [f"f{i:02d}" for i in range(NUM_FEATURES)]
 HIDDEN = (256, 256)
@@ -106,32 +108,9 @@ def build_model(path: str, seed: int = SEED) -> None:
 
 def write_tfrecords(directory: str, x: np.ndarray, keys: np.ndarray, shards: int) -> list[str]:
     """Writes the examples as gzip TFRecord shards plus `schema.pbtxt`; returns the shards."""
-    import tensorflow as tf
-
-    os.makedirs(directory, exist_ok=True)
-    options = tf.io.TFRecordOptions(compression_type="GZIP")
-    paths = []
-    for shard in range(shards):
-        path = shard_path(directory, shard)
-        with tf.io.TFRecordWriter(path, options) as writer:
-            for i in range(shard, len(x), shards):
-                feature = {
-                    name: tf.train.Feature(float_list=tf.train.FloatList(value=[x[i, j]]))
-                    for j, name in enumerate(FEATURES)
-                }
-                feature[KEY_FEATURE] = tf.train.Feature(
-                    bytes_list=tf.train.BytesList(value=[keys[i].encode()])
-                )
-                example = tf.train.Example(features=tf.train.Features(feature=feature))
-                writer.write(example.SerializeToString())
-        paths.append(path)
-    with open(os.path.join(directory, "schema.pbtxt"), "w") as f:
-        f.write(SCHEMA_TEXT)
-    return paths
-
-
-def shard_path(data_dir: str, shard: int) -> str:
-    return os.path.join(data_dir, f"part-{shard:02d}.tfrecord.gz")
+    columns: dict[str, np.ndarray] = {name: x[:, j] for j, name in enumerate(FEATURES)}
+    columns[KEY_FEATURE] = keys
+    return write_tfrecord_shards(directory, columns, shards=shards, schema_text=SCHEMA_TEXT)
 
 
 def shard_examples(n: int, shards: Sequence[int]) -> int:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.examples import write_tfrecord_shards
+
 FEATURES = [f"f{i}" for i in range(8)]
 COUNTRIES = ["DE", "FR", "US"]
 SCHEMA_TEXT = (
@@ -38,36 +40,16 @@ def make_data(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def write_tfrecords(directory: str, data: dict[str, np.ndarray], shards: int = 4) -> list[str]:
-    """Writes the examples as gzip TFRecord shards; returns their paths."""
-    import tensorflow as tf
+    """Writes the examples as gzip TFRecord shards plus `schema.pbtxt`; returns the shards.
 
-    os.makedirs(directory, exist_ok=True)
+    Each example holds f0..f7, label, country and example_id (`ex-000042`), in that order.
+    """
     n = len(data["label"])
-    paths = []
-    options = tf.io.TFRecordOptions(compression_type="GZIP")
-    for shard in range(shards):
-        path = os.path.join(directory, f"part-{shard:02d}.tfrecord.gz")
-        with tf.io.TFRecordWriter(path, options) as writer:
-            for i in range(shard, n, shards):
-                feature = {
-                    name: tf.train.Feature(float_list=tf.train.FloatList(value=[data["x"][i, j]]))
-                    for j, name in enumerate(FEATURES)
-                }
-                feature["label"] = tf.train.Feature(
-                    int64_list=tf.train.Int64List(value=[int(data["label"][i])])
-                )
-                feature["country"] = tf.train.Feature(
-                    bytes_list=tf.train.BytesList(value=[data["country"][i].encode()])
-                )
-                feature["example_id"] = tf.train.Feature(
-                    bytes_list=tf.train.BytesList(value=[f"ex-{i:06d}".encode()])
-                )
-                example = tf.train.Example(features=tf.train.Features(feature=feature))
-                writer.write(example.SerializeToString())
-        paths.append(path)
-    with open(os.path.join(directory, "schema.pbtxt"), "w") as f:
-        f.write(SCHEMA_TEXT)
-    return paths
+    columns: dict[str, np.ndarray] = {name: data["x"][:, j] for j, name in enumerate(FEATURES)}
+    columns["label"] = data["label"]
+    columns["country"] = data["country"]
+    columns["example_id"] = np.array([f"ex-{i:06d}" for i in range(n)])
+    return write_tfrecord_shards(directory, columns, shards=shards, schema_text=SCHEMA_TEXT)
 
 
 def build_model(data: dict[str, np.ndarray], epochs: int = 8, seed: int = 0):

@@ -12,6 +12,7 @@ import sys
 import pytest
 import tensorflow as tf
 import yaml
+from helpers import workspace_config, write_demo_workspace, write_records
 
 from pipeline import cli, demo
 
@@ -27,12 +28,10 @@ def _restore_root_log_level():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, demo_model):
     """A model, a SavedModel, 40 good examples and a config using relative paths."""
     root = tmp_path_factory.mktemp("cli")
-    data = demo.make_data(40, seed=2)
-    demo.write_tfrecords(str(root / "data"), data, shards=2)
-    demo.build_model(data, epochs=1).save(str(root / "model.keras"))
+    write_demo_workspace(root, demo_model, 40, seed=2, shards=2)
     (root / "garbage.keras").write_bytes(b"this is not a zip file, let alone a Keras model")
 
     class Linear(tf.Module):
@@ -51,24 +50,8 @@ def workspace(tmp_path_factory):
 
 def write_config(root, name: str = "config.yaml", **changes) -> str:
     """Writes a config (relative paths, resolved against its directory); returns its path."""
-    config = {
-        "model": {"path": "model.keras"},
-        "input": {
-            "pattern": "data/*.tfrecord.gz",
-            "schema": "data/schema.pbtxt",
-            "key": "example_id",
-        },
-        "passthrough": ["label", "country"],
-        "attribution": {"steps": 8},
-        "batching": {"batch_size": 16, "max_rows_per_call": 256},
-        "output": {"path": f"out-{name.removesuffix('.yaml')}"},
-    }
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            config.setdefault(section, {})[field] = value
-        else:
-            config[section] = value
+    out = f"out-{name.removesuffix('.yaml')}"
+    config = workspace_config("", out, steps=8, batch_size=16, **changes)
     path = root / name
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -174,8 +157,7 @@ def test_unwritable_output_path(capsys, workspace):
 def test_dead_letter_threshold_exits_3(capsys, workspace, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(workspace / "data", data)
-    with tf.io.TFRecordWriter(str(data / "extra.tfrecord")) as writer:
-        writer.write(b"\xff\xff\xff not a tf.Example")
+    write_records(data / "extra.tfrecord", [b"\xff\xff\xff not a tf.Example"])
     out = tmp_path / "out"
     config = write_config(workspace, "threshold.yaml")
     code, stdout, err = run_cli(

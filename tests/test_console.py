@@ -7,12 +7,17 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
 import pytest
+import yaml
+from helpers import workspace_config, write_demo_workspace
 
+from pipeline.config import parse_config
 from pipeline.console import ProgressPrinter, format_progress, is_native_noise
+from pipeline.job import run_job
 from transforms import progress
 
 # Lines TensorFlow 2.21 prints on this machine at import and device probing, verbatim.
@@ -43,11 +48,12 @@ KEPT = [
 
 
 @pytest.fixture(scope="module")
-def demo_workspace(tmp_path_factory):
-    from pipeline import demo
-
+def demo_workspace(tmp_path_factory, demo_model):
     root = tmp_path_factory.mktemp("console_demo")
-    return {"config": demo.prepare(str(root), n=200)}
+    write_demo_workspace(root, demo_model, 200, seed=0, shards=2)
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(workspace_config(root, root / "out")))
+    return {"root": root, "config": str(config)}
 
 
 @pytest.mark.parametrize("line", NOISE)
@@ -169,3 +175,24 @@ def test_printer_prints_every_interval_and_nothing_for_short_runs(tmp_path):
     with ProgressPrinter(str(tmp_path), total_bytes=100, interval=30, stream=quiet):
         time.sleep(0.1)
     assert quiet.getvalue() == ""
+
+
+def test_a_run_prints_progress_and_leaves_nothing_behind(demo_workspace, tmp_path, capfd):
+    before = set(os.listdir(tempfile.gettempdir()))
+    config = parse_config(workspace_config(demo_workspace["root"], tmp_path / "out"))
+    summary = run_job(config, progress_interval=0.05)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("igbeam: ")]
+    assert lines, err  # the run takes longer than 0.05 s
+    last = lines[-1]
+    read = int(last.split(" records read")[0].split()[-1].replace(",", ""))
+    assert 0 <= read <= summary["counts"]["records_read"] == 200
+    assert progress.ENV_VAR not in os.environ
+    left = {p for p in set(os.listdir(tempfile.gettempdir())) - before if "igbeam-progress" in p}
+    assert not left
+    # A run shorter than the interval prints nothing.
+    run_job(
+        parse_config(workspace_config(demo_workspace["root"], tmp_path / "o2")),
+        progress_interval=60,
+    )
+    assert "records read" not in capfd.readouterr().err

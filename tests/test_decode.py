@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import tensorflow as tf
 from google.protobuf import text_format
+from helpers import example_bytes as example
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from transforms.decode import ExampleDecoder, dense_column, fixed_length, infer_schema
-
-
-def example(**features) -> bytes:
-    feature = {}
-    for name, values in features.items():
-        if isinstance(values[0], bytes):
-            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-        elif isinstance(values[0], int):
-            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-        else:
-            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def test_infer_schema_skips_garbage_and_fixes_shapes():

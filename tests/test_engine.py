@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from ig_models import classifier, embedding_model, linear_model
+from helpers import classifier, embedding_model, linear_model
 
 from attribution import (
     METHODS,

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from ig_models import classifier, embedding_model, linear_model
+from helpers import classifier, embedding_model, example_bytes, linear_model
 
 from attribution import Baseline, IntegratedGradients, ModelAdapter, Target
 from attribution.savedmodel import export_integrated_gradients
@@ -57,16 +57,7 @@ def example_parser(with_extras: bool = True) -> ModelAdapter:
 
 
 def serialize(a: np.ndarray, b: np.ndarray, labels: np.ndarray, ids: list[str]) -> np.ndarray:
-    out = []
-    for i in range(len(a)):
-        feature = {
-            "a": tf.train.Feature(float_list=tf.train.FloatList(value=a[i])),
-            "b": tf.train.Feature(float_list=tf.train.FloatList(value=b[i])),
-            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[labels[i]])),
-            "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[ids[i].encode()])),
-        }
-        example = tf.train.Example(features=tf.train.Features(feature=feature))
-        out.append(example.SerializeToString())
+    out = [example_bytes(a=a[i], b=b[i], label=[labels[i]], id=ids[i]) for i in range(len(a))]
     return np.array(out, dtype=object)
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 import yaml
+from helpers import read_attributions, workspace_config, write_demo_workspace
 
 from pipeline import demo
 from pipeline.cli import main
@@ -15,31 +15,26 @@ from pipeline.job import run_job
 
 
 @pytest.fixture(scope="module")
-def tabular(tmp_path_factory):
+def tabular(tmp_path_factory, demo_model):
     root = tmp_path_factory.mktemp("export")
-    data = demo.make_data(120, seed=4)
-    demo.write_tfrecords(str(root / "data"), data, shards=2)
-    demo.build_model(data, epochs=1).save(str(root / "model.keras"))
+    write_demo_workspace(root, demo_model, 120, seed=4, shards=2)
     return root
 
 
 def config_dict(root, out, baseline) -> dict:
-    return {
-        "model": {"path": str(root / "model.keras")},
-        "input": {
-            "pattern": str(root / "data" / "*.tfrecord.gz"),
-            "schema": str(root / "data" / "schema.pbtxt"),
-            "key": "example_id",
-        },
-        "passthrough": ["country"],
-        "attribution": {"steps": 12, "baseline": baseline},
-        "batching": {"batch_size": 16, "max_rows_per_call": 100},
-        "output": {"path": str(out)},
-    }
+    return workspace_config(
+        root,
+        out,
+        passthrough=["country"],
+        steps=12,
+        batch_size=16,
+        max_rows_per_call=100,
+        attribution__baseline=baseline,
+    )
 
 
 def frame(out):
-    return pq.read_table(out / "attributions").to_pandas().set_index("key").sort_index()
+    return read_attributions(out).set_index("key").sort_index()
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zlib
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+from helpers import (
+    RECORD_FOOTER,
+    RECORD_HEADER,
+    demo_job_config,
+    example_bytes,
+    read_parquet,
+    record_offsets,
+    write_records,
+)
 
 from attribution import IntegratedGradients, load_model
 from pipeline import demo
@@ -28,8 +37,7 @@ from pipeline.job import DeadLetterThresholdError, run_job
 from transforms.decode import ExampleDecoder, load_schema
 
 ATTR_COLUMNS = [f"attr_{name}" for name in demo.FEATURES]
-GZIP = tf.io.TFRecordOptions(compression_type="GZIP")
-HEADER, FOOTER = 12, 4  # TFRecord framing: length + length CRC, data CRC
+HEADER, FOOTER = RECORD_HEADER, RECORD_FOOTER  # TFRecord framing: length + CRC, data CRC
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -37,37 +45,18 @@ HEADER, FOOTER = 12, 4  # TFRecord framing: length + length CRC, data CRC
 
 def example(example_id: str, values, label: int = 0, country: str = "FR", **replace) -> bytes:
     """A serialized tf.train.Example; `replace` overrides features (None removes one)."""
-    feature = {
-        name: tf.train.Feature(float_list=tf.train.FloatList(value=[float(values[j])]))
-        for j, name in enumerate(demo.FEATURES)
-    }
-    feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))
-    feature["country"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[country.encode()]))
-    feature["example_id"] = tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[example_id.encode()])
-    )
+    features = {name: float(values[j]) for j, name in enumerate(demo.FEATURES)}
+    features.update(label=int(label), country=country, example_id=example_id)
     for name, value in replace.items():
         if value is None:
-            del feature[name]
+            del features[name]
         else:
-            feature[name] = value
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+            features[name] = value
+    return example_bytes(**features)
 
 
 def floats(*values: float) -> tf.train.Feature:
     return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
-
-
-def write_records(path, payloads, options=None) -> list[int]:
-    """Writes framed records with TF's own writer; returns each record's uncompressed offset."""
-    with tf.io.TFRecordWriter(str(path), options) as writer:
-        for payload in payloads:
-            writer.write(payload)
-    offsets, pos = [], 0
-    for payload in payloads:
-        offsets.append(pos)
-        pos += HEADER + len(payload) + FOOTER
-    return offsets
 
 
 def flip(data: bytes, position: int) -> bytes:
@@ -85,22 +74,8 @@ def not_an_example(rng: np.random.Generator) -> bytes:
 
 
 def job_config(model_path, pattern, schema_path, out, **top) -> dict:
-    config = {
-        "model": {"path": str(model_path)},
-        "input": {"pattern": str(pattern), "schema": str(schema_path), "key": "example_id"},
-        "passthrough": ["label", "country"],
-        "attribution": {"steps": 16},
-        "batching": {"batch_size": 8, "max_rows_per_call": 256},
-        "slices": [["country"]],
-        "output": {"path": str(out)},
-        "max_dead_letter_fraction": 0.9,
-    }
-    config.update(top)
-    return config
-
-
-def read_parquet(directory) -> pd.DataFrame:
-    return pq.read_table(str(directory)).to_pandas()
+    settings = {"batch_size": 8, "slices": [["country"]], "max_dead_letter_fraction": 0.9}
+    return demo_job_config(model_path, pattern, schema_path, out, **{**settings, **top})
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -126,11 +101,10 @@ class Expected:
 
 
 @pytest.fixture(scope="module")
-def model_root(tmp_path_factory):
+def model_root(tmp_path_factory, demo_model):
     """The demo's Keras model (trained one epoch) and its TFMD schema."""
     root = tmp_path_factory.mktemp("faults_model")
-    data = demo.make_data(200, seed=5)
-    demo.build_model(data, epochs=1).save(str(root / "model.keras"))
+    shutil.copyfile(demo_model, root / "model.keras")
     (root / "schema.pbtxt").write_text(demo.SCHEMA_TEXT)
     return root
 
@@ -156,7 +130,8 @@ def _build_fault_inputs(directory) -> Expected:
     # a: a data-CRC flip in record 2 of a plain file (plus one of the two duplicate keys).
     payloads = [good(), good(), victim("victim-data-crc"), good(), good(), good()]
     payloads.append(expected.add_good("dup", example("dup", data["x"][100], 1, "DE")))
-    offsets = write_records(directory / "a_data_crc.tfrecord", payloads)
+    write_records(directory / "a_data_crc.tfrecord", payloads)
+    offsets = record_offsets(payloads)
     raw = (directory / "a_data_crc.tfrecord").read_bytes()
     position = offsets[2] + HEADER + len(payloads[2]) // 2
     (directory / "a_data_crc.tfrecord").write_bytes(flip(raw, position))
@@ -172,7 +147,8 @@ def _build_fault_inputs(directory) -> Expected:
 
     # b: a length-CRC flip in record 3.
     payloads = [good(), good(), good(), victim("victim-length-crc"), good(), good()]
-    offsets = write_records(directory / "b_length_crc.tfrecord", payloads)
+    write_records(directory / "b_length_crc.tfrecord", payloads)
+    offsets = record_offsets(payloads)
     raw = (directory / "b_length_crc.tfrecord").read_bytes()
     (directory / "b_length_crc.tfrecord").write_bytes(flip(raw, offsets[3] + 9))
     expected.add_dead(
@@ -186,7 +162,8 @@ def _build_fault_inputs(directory) -> Expected:
 
     # c: 100 garbage bytes inserted between records 2 and 3: every record survives.
     payloads = [good() for _ in range(6)]
-    offsets = write_records(directory / "c_garbage.tfrecord", payloads)
+    write_records(directory / "c_garbage.tfrecord", payloads)
+    offsets = record_offsets(payloads)
     raw = (directory / "c_garbage.tfrecord").read_bytes()
     garbage = b"\xff" * 4 + rng.bytes(96)  # a huge declared length: not a record header
     (directory / "c_garbage.tfrecord").write_bytes(raw[: offsets[3]] + garbage + raw[offsets[3] :])
@@ -201,7 +178,8 @@ def _build_fault_inputs(directory) -> Expected:
 
     # d: the last record truncated in the middle of its data.
     payloads = [good(), good(), good(), good(), victim("victim-truncated")]
-    offsets = write_records(directory / "d_truncated.tfrecord", payloads)
+    write_records(directory / "d_truncated.tfrecord", payloads)
+    offsets = record_offsets(payloads)
     raw = (directory / "d_truncated.tfrecord").read_bytes()
     cut = offsets[4] + HEADER + len(payloads[4]) // 2
     (directory / "d_truncated.tfrecord").write_bytes(raw[:cut])
@@ -219,7 +197,8 @@ def _build_fault_inputs(directory) -> Expected:
 
     # f: a gzip file cut in half: the records decodable before the cut survive.
     payloads = [victim(f"gz-{i:02d}") for i in range(40)]
-    offsets = write_records(directory / "f_cut.tfrecord.gz", payloads, GZIP)
+    write_records(directory / "f_cut.tfrecord.gz", payloads, gzip=True)
+    offsets = record_offsets(payloads)
     compressed = (directory / "f_cut.tfrecord.gz").read_bytes()
     compressed = compressed[: len(compressed) // 2]
     (directory / "f_cut.tfrecord.gz").write_bytes(compressed)
@@ -244,7 +223,8 @@ def _build_fault_inputs(directory) -> Expected:
     # g: records with valid framing that are not tf.train.Examples.
     junk = [not_an_example(rng) for _ in range(3)]
     payloads = [good(), junk[0], good(), good(), junk[1], junk[2], good()]
-    offsets = write_records(directory / "g_not_example.tfrecord", payloads)
+    write_records(directory / "g_not_example.tfrecord", payloads)
+    offsets = record_offsets(payloads)
     for index in (1, 4, 5):
         expected.add_dead(
             "g_not_example.tfrecord",
@@ -274,7 +254,8 @@ def _build_fault_inputs(directory) -> Expected:
         payloads += [payload, good()]
     payloads.append(expected.add_good("dup", example("dup", data["x"][102], 2, "US")))
     payloads += [good() for _ in range(9)]  # later batches after the bad records
-    offsets = write_records(directory / "h_bad_features.tfrecord", payloads)
+    write_records(directory / "h_bad_features.tfrecord", payloads)
+    offsets = record_offsets(payloads)
     for key, (stage, mention, payload) in bad.items():
         index = where[key]
         expected.add_dead(
@@ -512,7 +493,8 @@ def poison_run(tmp_path_factory):
         x[i, demo.FEATURES.index(name)] = value
     payloads = [example(f"p-{i:02d}", x[i], data["label"][i]) for i in range(24)]
     (root / "data").mkdir()
-    offsets = write_records(root / "data" / "part.tfrecord", payloads)
+    write_records(root / "data" / "part.tfrecord", payloads)
+    offsets = record_offsets(payloads)
     out = root / "out"
     summary = run_job(
         parse_config(

@@ -10,6 +10,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+from helpers import (
+    read_attributions,
+    read_parquet,
+    workspace_config,
+    write_demo_workspace,
+    write_examples,
+)
 
 from attribution import IntegratedGradients, load_model
 from pipeline import demo
@@ -19,41 +26,15 @@ from transforms.statistics import FEATURE_STATS_SCHEMA, SLICE_STATS_SCHEMA
 
 
 @pytest.fixture(scope="module")
-def tabular(tmp_path_factory):
+def tabular(tmp_path_factory, demo_model):
     """The demo's dict-input model and 300 examples in 3 gzip shards."""
     root = tmp_path_factory.mktemp("tabular")
-    data = demo.make_data(300, seed=1)
-    demo.write_tfrecords(str(root / "data"), data, shards=3)
-    model = demo.build_model(data, epochs=1)
-    model.save(str(root / "model.keras"))
+    data = write_demo_workspace(root, demo_model, 300, seed=1, shards=3)
     return root, data
 
 
 def job_config(root, out, **overrides) -> dict:
-    config = {
-        "model": {"path": str(root / "model.keras")},
-        "input": {
-            "pattern": str(root / "data" / "*.tfrecord.gz"),
-            "schema": str(root / "data" / "schema.pbtxt"),
-            "key": "example_id",
-        },
-        "passthrough": ["label", "country"],
-        "attribution": {"steps": 16},
-        "batching": {"batch_size": 32, "max_rows_per_call": 256},
-        "slices": [["country"]],
-        "output": {"path": str(out)},
-    }
-    for key, value in overrides.items():
-        section, _, name = key.partition("__")
-        if name:
-            config.setdefault(section, {})[name] = value
-        else:
-            config[section] = value
-    return config
-
-
-def read_attributions(out) -> pd.DataFrame:
-    return pq.read_table(os.path.join(out, "attributions")).to_pandas()
+    return workspace_config(root, out, slices=[["country"]], **overrides)
 
 
 def engine_reference(root, data, steps=16) -> tuple[np.ndarray, object]:
@@ -174,24 +155,6 @@ def test_in_process_run_loads_the_model_once_and_keeps_no_engine(tabular, tmp_pa
         assert attribute._OFFERED == {}
 
 
-def _write_examples(path, rows):
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for row in rows:
-            feature = {}
-            for name, value in row.items():
-                if isinstance(value, bytes):
-                    feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-                elif isinstance(value, int):
-                    feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-                else:
-                    feature[name] = tf.train.Feature(
-                        float_list=tf.train.FloatList(value=list(np.atleast_1d(value)))
-                    )
-            writer.write(
-                tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-            )
-
-
 def test_zero_and_one_example(tabular, tmp_path):
     root, _ = tabular
     empty = tmp_path / "empty"
@@ -210,7 +173,7 @@ def test_zero_and_one_example(tabular, tmp_path):
     one.mkdir()
     row = {name: 0.5 for name in demo.FEATURES}
     row.update(label=1, country=b"FR", example_id=b"only")
-    _write_examples(one / "part-0.tfrecord", [row])
+    write_examples(one / "part-0.tfrecord", [row])
     raw = job_config(root, tmp_path / "one_out")
     raw["input"]["pattern"] = str(one / "*.tfrecord")
     run_job(parse_config(raw))
@@ -232,7 +195,7 @@ def test_missing_features_are_dead_lettered_or_null(tabular, tmp_path):
         rows.append(row)
     data = tmp_path / "data"
     data.mkdir()
-    _write_examples(data / "part-0.tfrecord", rows)
+    write_examples(data / "part-0.tfrecord", rows)
     raw = job_config(root, tmp_path / "out", max_dead_letter_fraction=0.5)
     raw["input"]["pattern"] = str(data / "*.tfrecord")
     summary = run_job(parse_config(raw))
@@ -243,7 +206,7 @@ def test_missing_features_are_dead_lettered_or_null(tabular, tmp_path):
     frame = read_attributions(tmp_path / "out").set_index("key")
     assert "m2" not in frame.index and "m5" not in frame.index
     assert pd.isna(frame.loc["m7", "country"])
-    dead = pq.read_table(tmp_path / "out" / "dead_letter").to_pandas()
+    dead = read_parquet(tmp_path / "out" / "dead_letter")
     assert sorted(dead.key) == ["m2", "m5"]
     assert set(dead.stage) == {"validate"}
     assert all("'f3' is missing" in r for r in dead.reason)
@@ -287,15 +250,9 @@ def test_layer_attribution_on_embedding_model(tmp_path):
     ids = rng.integers(1, 50, size=(40, 6))
     data = tmp_path / "data"
     data.mkdir()
-    with tf.io.TFRecordWriter(str(data / "part-0.tfrecord")) as writer:
-        for i in range(40):
-            feature = {
-                "tokens": tf.train.Feature(int64_list=tf.train.Int64List(value=ids[i])),
-                "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"t{i}".encode()])),
-            }
-            writer.write(
-                tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-            )
+    write_examples(
+        data / "part-0.tfrecord", ({"tokens": ids[i], "id": f"t{i}".encode()} for i in range(40))
+    )
     (data / "schema.pbtxt").write_text(
         'feature { name: "tokens" type: INT shape { dim { size: 6 } } }\n'
         'feature { name: "id" type: BYTES shape { dim { size: 1 } } }\n'

@@ -16,9 +16,8 @@ import apache_beam as beam
 import pytest
 import tensorflow as tf
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.testing import test_pipeline as beam_test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+from helpers import counter_totals, example_bytes, local_pipeline, record_offsets, write_records
 
 from transforms.constants import BYTES_READ, METRICS_NAMESPACE
 from transforms.dead_letters import STAGE_READ, DeadLetter
@@ -38,50 +37,19 @@ from transforms.tfrecords import (
     masked_crc32c,
 )
 
-GZIP = tf.io.TFRecordOptions(compression_type="GZIP")
-
 
 def _examples(n: int, seed: int = 0) -> list[bytes]:
     """Returns `n` serialized tf.train.Examples of varying sizes."""
     rng = random.Random(seed)
-    payloads = []
-    for i in range(n):
-        example = tf.train.Example(
-            features=tf.train.Features(
-                feature={
-                    "id": tf.train.Feature(int64_list=tf.train.Int64List(value=[i])),
-                    "x": tf.train.Feature(
-                        float_list=tf.train.FloatList(
-                            value=[rng.random() for _ in range(rng.randint(1, 40))]
-                        )
-                    ),
-                }
-            )
-        )
-        payloads.append(example.SerializeToString())
-    return payloads
+    return [
+        example_bytes(id=[i], x=[rng.random() for _ in range(rng.randint(1, 40))]) for i in range(n)
+    ]
 
 
 def _random_payloads(n: int, size: int, seed: int = 0) -> list[bytes]:
     """Returns `n` incompressible payloads of `size` bytes."""
     rng = random.Random(seed)
     return [rng.randbytes(size) for _ in range(n)]
-
-
-def _write(path: Path, payloads: list[bytes], gzip: bool = False) -> Path:
-    with tf.io.TFRecordWriter(str(path), GZIP if gzip else None) as writer:
-        for payload in payloads:
-            writer.write(payload)
-    return path
-
-
-def _offsets(payloads: list[bytes], start: int = 0) -> list[int]:
-    """Returns the uncompressed offset of each record when written back to back."""
-    offsets, offset = [], start
-    for payload in payloads:
-        offsets.append(offset)
-        offset += 16 + len(payload)
-    return offsets
 
 
 def _read(path: Path, **kwargs) -> tuple[list[Record], list[DeadLetter], list]:
@@ -110,14 +78,16 @@ def _trickle_open(path: str) -> io.BytesIO:
 @pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
 def test_good_file_round_trip(tmp_path, gzip):
     payloads = _examples(10)
-    path = _write(tmp_path / ("good.tfrecord.gz" if gzip else "good.tfrecord"), payloads, gzip)
+    path = write_records(
+        tmp_path / ("good.tfrecord.gz" if gzip else "good.tfrecord"), payloads, gzip=gzip
+    )
 
     records, letters, _ = _read(path)
 
     assert letters == []
     assert records == [
         Record(str(path), i, offset, payload)
-        for i, (offset, payload) in enumerate(zip(_offsets(payloads), payloads, strict=True))
+        for i, (offset, payload) in enumerate(zip(record_offsets(payloads), payloads, strict=True))
     ]
     assert tf.train.Example.FromString(records[7].data).features.feature["id"].int64_list.value[
         0
@@ -126,10 +96,10 @@ def test_good_file_round_trip(tmp_path, gzip):
 
 def test_reads_in_tiny_pieces_like_whole_reads(tmp_path):
     payloads = _examples(10)
-    plain = _write(tmp_path / "a.tfrecord", payloads)
-    gz = _write(tmp_path / "a.tfrecord.gz", payloads, gzip=True)
+    plain = write_records(tmp_path / "a.tfrecord", payloads)
+    gz = write_records(tmp_path / "a.tfrecord.gz", payloads, gzip=True)
     data = plain.read_bytes()
-    cut = _offsets(payloads)[5]
+    cut = record_offsets(payloads)[5]
     garbled = tmp_path / "garbled.tfrecord"
     garbled.write_bytes(data[:cut] + random.Random(1).randbytes(999) + data[cut:])
 
@@ -142,8 +112,8 @@ def test_reads_in_tiny_pieces_like_whole_reads(tmp_path):
 
 def test_data_crc_damage_dead_letters_one_record(tmp_path):
     payloads = _examples(10)
-    offsets = _offsets(payloads)
-    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    offsets = record_offsets(payloads)
+    data = write_records(tmp_path / "x.tfrecord", payloads).read_bytes()
     path = tmp_path / "damaged.tfrecord"
     path.write_bytes(_flip(data, offsets[3] + 12 + len(payloads[3]) // 2))
 
@@ -167,8 +137,8 @@ def test_data_crc_damage_dead_letters_one_record(tmp_path):
 
 def test_length_crc_damage_dead_letters_one_record(tmp_path):
     payloads = _examples(10)
-    offsets = _offsets(payloads)
-    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    offsets = record_offsets(payloads)
+    data = write_records(tmp_path / "x.tfrecord", payloads).read_bytes()
     path = tmp_path / "damaged.tfrecord"
     path.write_bytes(_flip(data, offsets[3] + 9))  # Inside the length CRC.
 
@@ -183,8 +153,8 @@ def test_length_crc_damage_dead_letters_one_record(tmp_path):
 
 def test_length_crc_damage_on_last_record(tmp_path):
     payloads = _examples(4)
-    offsets = _offsets(payloads)
-    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    offsets = record_offsets(payloads)
+    data = write_records(tmp_path / "x.tfrecord", payloads).read_bytes()
     path = tmp_path / "damaged.tfrecord"
     path.write_bytes(_flip(data, offsets[3] + 8))
 
@@ -197,8 +167,8 @@ def test_length_crc_damage_on_last_record(tmp_path):
 
 def test_damaged_length_field_resyncs_at_next_record(tmp_path):
     payloads = _examples(10)
-    offsets = _offsets(payloads)
-    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    offsets = record_offsets(payloads)
+    data = write_records(tmp_path / "x.tfrecord", payloads).read_bytes()
     path = tmp_path / "damaged.tfrecord"
     path.write_bytes(_flip(data, offsets[3]))  # Low byte of record 3's length.
 
@@ -259,8 +229,8 @@ GARBAGE = {
 def test_garbage_in_middle_resyncs(tmp_path, kind, gzip):
     garbage = GARBAGE[kind]
     payloads = _examples(10)
-    offsets = _offsets(payloads)
-    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    offsets = record_offsets(payloads)
+    data = write_records(tmp_path / "x.tfrecord", payloads).read_bytes()
     garbled = data[: offsets[5]] + garbage + data[offsets[5] :]
     path = tmp_path / ("garbled.tfrecord.gz" if gzip else "garbled.tfrecord")
     path.write_bytes(gzip_module.compress(garbled) if gzip else garbled)
@@ -282,7 +252,7 @@ def test_garbage_in_middle_resyncs(tmp_path, kind, gzip):
 def test_garbage_at_start_or_end(tmp_path, where):
     garbage = random.Random(3).randbytes(777)
     payloads = _examples(5)
-    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    data = write_records(tmp_path / "x.tfrecord", payloads).read_bytes()
     path = tmp_path / "garbled.tfrecord"
     path.write_bytes(garbage + data if where == "start" else data + garbage)
 
@@ -296,8 +266,8 @@ def test_garbage_at_start_or_end(tmp_path, where):
 
 def test_truncated_last_record(tmp_path):
     payloads = _examples(10)
-    offsets = _offsets(payloads)
-    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    offsets = record_offsets(payloads)
+    data = write_records(tmp_path / "x.tfrecord", payloads).read_bytes()
     path = tmp_path / "truncated.tfrecord"
     path.write_bytes(data[: offsets[9] + 12 + 5])
 
@@ -312,8 +282,8 @@ def test_truncated_last_record(tmp_path):
 
 def test_truncated_header(tmp_path):
     payloads = _examples(10)
-    offsets = _offsets(payloads)
-    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    offsets = record_offsets(payloads)
+    data = write_records(tmp_path / "x.tfrecord", payloads).read_bytes()
     path = tmp_path / "truncated.tfrecord"
     path.write_bytes(data[: offsets[9] + 5])
 
@@ -329,7 +299,7 @@ def test_empty_files_yield_nothing(tmp_path):
     empty.write_bytes(b"")
     empty_gz = tmp_path / "empty.tfrecord.gz"
     empty_gz.write_bytes(b"")
-    no_records_gz = _write(tmp_path / "none.tfrecord.gz", [], gzip=True)
+    no_records_gz = write_records(tmp_path / "none.tfrecord.gz", [], gzip=True)
     assert no_records_gz.stat().st_size > 0
 
     for path in (empty, empty_gz, no_records_gz):
@@ -338,8 +308,8 @@ def test_empty_files_yield_nothing(tmp_path):
 
 def test_truncated_gzip_yields_prefix_then_one_dead_letter(tmp_path):
     payloads = _random_payloads(200, 100)
-    offsets = _offsets(payloads)
-    compressed = _write(tmp_path / "x.tfrecord.gz", payloads, gzip=True).read_bytes()
+    offsets = record_offsets(payloads)
+    compressed = write_records(tmp_path / "x.tfrecord.gz", payloads, gzip=True).read_bytes()
     path = tmp_path / "truncated.tfrecord.gz"
     path.write_bytes(compressed[: len(compressed) // 2])
 
@@ -357,7 +327,7 @@ def test_truncated_gzip_yields_prefix_then_one_dead_letter(tmp_path):
 
 def test_corrupt_gzip_data_yields_prefix_then_gzip_dead_letter(tmp_path):
     payloads = _random_payloads(200, 100)
-    compressed = _write(tmp_path / "x.tfrecord.gz", payloads, gzip=True).read_bytes()
+    compressed = write_records(tmp_path / "x.tfrecord.gz", payloads, gzip=True).read_bytes()
     middle = len(compressed) // 2
     path = tmp_path / "corrupt.tfrecord.gz"
     path.write_bytes(compressed[:middle] + bytes(64) + compressed[middle + 64 :])
@@ -378,7 +348,7 @@ def test_gzip_error_in_same_step_as_good_data_keeps_that_data(tmp_path):
     # A small file is decompressed in one step; a bad gzip CRC in its trailer makes zlib fail
     # that step, yet every record in it is intact and must come out.
     payloads = _examples(10)
-    compressed = _write(tmp_path / "x.tfrecord.gz", payloads, gzip=True).read_bytes()
+    compressed = write_records(tmp_path / "x.tfrecord.gz", payloads, gzip=True).read_bytes()
     path = tmp_path / "bad_trailer.tfrecord.gz"
     path.write_bytes(_flip(compressed, len(compressed) - 8))  # First byte of the CRC32.
 
@@ -386,7 +356,7 @@ def test_gzip_error_in_same_step_as_good_data_keeps_that_data(tmp_path):
 
     assert [(r.index, r.offset, r.data) for r in records] == [
         (i, offset, payload)
-        for i, (offset, payload) in enumerate(zip(_offsets(payloads), payloads, strict=True))
+        for i, (offset, payload) in enumerate(zip(record_offsets(payloads), payloads, strict=True))
     ]
     assert len(letters) == 1 and items[-1] == letters[0]
     letter = letters[0]
@@ -397,8 +367,8 @@ def test_gzip_error_in_same_step_as_good_data_keeps_that_data(tmp_path):
 
 def test_multi_member_gzip(tmp_path):
     first, second = _examples(4, seed=1), _examples(6, seed=2)
-    part1 = _write(tmp_path / "1.tfrecord.gz", first, gzip=True).read_bytes()
-    part2 = _write(tmp_path / "2.tfrecord.gz", second, gzip=True).read_bytes()
+    part1 = write_records(tmp_path / "1.tfrecord.gz", first, gzip=True).read_bytes()
+    part2 = write_records(tmp_path / "2.tfrecord.gz", second, gzip=True).read_bytes()
     path = tmp_path / "both.tfrecord.gz"
     path.write_bytes(part1 + part2)
 
@@ -408,7 +378,7 @@ def test_multi_member_gzip(tmp_path):
     payloads = first + second
     assert [(r.index, r.offset, r.data) for r in records] == [
         (i, offset, payload)
-        for i, (offset, payload) in enumerate(zip(_offsets(payloads), payloads, strict=True))
+        for i, (offset, payload) in enumerate(zip(record_offsets(payloads), payloads, strict=True))
     ]
 
 
@@ -426,7 +396,7 @@ def test_missing_file_is_one_dead_letter(tmp_path):
 
 def test_open_fn_errors_and_read_errors_are_dead_letters(tmp_path):
     payloads = _examples(3)
-    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    data = write_records(tmp_path / "x.tfrecord", payloads).read_bytes()
 
     def denied(path: str):
         raise PermissionError("access denied")
@@ -448,8 +418,8 @@ def test_open_fn_errors_and_read_errors_are_dead_letters(tmp_path):
 @pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
 def test_memory_stays_bounded(tmp_path, gzip):
     payloads = _random_payloads(6000, 4096, seed=5)
-    offsets = _offsets(payloads)
-    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    offsets = record_offsets(payloads)
+    data = write_records(tmp_path / "x.tfrecord", payloads).read_bytes()
     garbage = random.Random(9).randbytes(MAX_RAW_BYTES + MAX_RAW_BYTES // 2)
     garbled = data[: offsets[3000]] + garbage + data[offsets[3000] :]
     del data
@@ -501,10 +471,10 @@ def test_expand_file_pattern_without_matches_raises(tmp_path):
 
 def test_beam_read_tfrecords_splits_records_and_dead_letters(tmp_path):
     good_payloads = _examples(5, seed=1)
-    good = _write(tmp_path / "good.tfrecord.gz", good_payloads, gzip=True)
+    good = write_records(tmp_path / "good.tfrecord.gz", good_payloads, gzip=True)
     bad_payloads = _examples(10, seed=2)
-    bad_offsets = _offsets(bad_payloads)
-    data = _write(tmp_path / "x.tfrecord", bad_payloads).read_bytes()
+    bad_offsets = record_offsets(bad_payloads)
+    data = write_records(tmp_path / "x.tfrecord", bad_payloads).read_bytes()
     bad = tmp_path / "bad.tfrecord"
     bad.write_bytes(_flip(data, bad_offsets[3] + 14))
     missing = tmp_path / "missing.tfrecord"
@@ -518,7 +488,7 @@ def test_beam_read_tfrecords_splits_records_and_dead_letters(tmp_path):
         (str(missing), -1, 0, STAGE_READ),
     ]
 
-    pipeline = beam_test_pipeline.TestPipeline(runner=FnApiRunner())  # never Prism (a download)
+    pipeline = local_pipeline()  # never Prism (a download)
     result = pipeline | "Read" >> ReadTFRecords(files)
     assert_that(
         result.records | "RecordKeys" >> beam.Map(lambda r: (r.file, r.index, r.data)),
@@ -546,10 +516,7 @@ def test_beam_read_tfrecords_splits_records_and_dead_letters(tmp_path):
     run = pipeline.run()
     run.wait_until_finish()
 
-    counters: dict[str, int] = {}
-    for counter in run.metrics().query(MetricsFilter().with_namespace("igbeam"))["counters"]:
-        name = counter.key.metric.name
-        counters[name] = counters.get(name, 0) + counter.committed
+    counters = counter_totals(run)
     assert counters == {"records_read": 14 + 9, "read_dead_letters": 2 + 1, "files_read": 4}
 
 
@@ -557,11 +524,11 @@ def test_chunked_read_holds_the_same_records_in_plain_builtins(tmp_path):
     # Chunks are (file, indices, offsets, payloads) of builtins, so Beam's default coder encodes
     # them natively; `chunk_records` gives back exactly the records an unchunked read yields.
     payloads = _examples(10, seed=3)
-    offsets = _offsets(payloads)
-    data = _write(tmp_path / "x.tfrecord", payloads).read_bytes()
+    offsets = record_offsets(payloads)
+    data = write_records(tmp_path / "x.tfrecord", payloads).read_bytes()
     damaged = tmp_path / "damaged.tfrecord"
     damaged.write_bytes(_flip(data, offsets[4] + 14))  # record 4 dead-lettered, index kept
-    clean = _write(tmp_path / "clean.tfrecord.gz", _examples(7, seed=4), gzip=True)
+    clean = write_records(tmp_path / "clean.tfrecord.gz", _examples(7, seed=4), gzip=True)
     files = [str(damaged), str(clean)]
     expected = [tuple(r) for f in files for r in iter_tfrecord_file(f) if isinstance(r, Record)]
     assert len(expected) == 9 + 7
@@ -574,7 +541,7 @@ def test_chunked_read_holds_the_same_records_in_plain_builtins(tmp_path):
         assert indices == sorted(indices)
         return [tuple(r) for r in chunk_records(chunk)]
 
-    pipeline = beam_test_pipeline.TestPipeline(runner=FnApiRunner())
+    pipeline = local_pipeline()
     result = pipeline | "Read" >> ReadTFRecords(files, chunk_size=3)
     assert_that(
         result.records | "Unchunk" >> beam.FlatMap(check_chunk),
@@ -608,7 +575,7 @@ def test_on_read_sees_every_raw_byte_once(tmp_path, gzip, tiny_reads):
     # Several 256 KiB blocks; half zeros, so a gzip file is about half its decoded size.
     payloads = [p + bytes(3000) for p in _random_payloads(300, 3000, seed=4)]
     name = "x.tfrecord.gz" if gzip else "x.tfrecord"
-    path = _write(tmp_path / name, payloads, gzip=gzip)
+    path = write_records(tmp_path / name, payloads, gzip=gzip)
     size = os.path.getsize(path)
     if gzip:
         assert size < 0.6 * sum(16 + len(p) for p in payloads)  # compressed bytes are counted
@@ -628,7 +595,7 @@ def test_on_read_sees_every_raw_byte_once(tmp_path, gzip, tiny_reads):
 
 def test_on_read_is_called_as_reading_proceeds(tmp_path):
     payloads = _random_payloads(300, 3000, seed=6)
-    path = _write(tmp_path / "x.tfrecord", payloads)
+    path = write_records(tmp_path / "x.tfrecord", payloads)
     calls: list[int] = []
 
     items = iter_tfrecord_file(str(path), on_read=calls.append)
@@ -650,8 +617,8 @@ def test_on_read_is_not_called_for_a_file_that_cannot_be_opened(tmp_path):
 
 def test_read_tfrecord_file_reads_through_beam_filesystems(tmp_path):
     payloads = _examples(6, seed=5)
-    plain = _write(tmp_path / "a.tfrecord", payloads)
-    gz = _write(tmp_path / "a.tfrecord.gz", payloads, gzip=True)
+    plain = write_records(tmp_path / "a.tfrecord", payloads)
+    gz = write_records(tmp_path / "a.tfrecord.gz", payloads, gzip=True)
 
     for path in (plain, gz):
         assert list(read_tfrecord_file(str(path))) == list(iter_tfrecord_file(str(path)))
@@ -659,13 +626,13 @@ def test_read_tfrecord_file_reads_through_beam_filesystems(tmp_path):
 
 
 def test_beam_read_reports_bytes_read_distribution(tmp_path):
-    plain = _write(tmp_path / "plain.tfrecord", _random_payloads(200, 2000, seed=7))
-    gz = _write(tmp_path / "packed.tfrecord.gz", _examples(50, seed=8), gzip=True)
+    plain = write_records(tmp_path / "plain.tfrecord", _random_payloads(200, 2000, seed=7))
+    gz = write_records(tmp_path / "packed.tfrecord.gz", _examples(50, seed=8), gzip=True)
     missing = tmp_path / "missing.tfrecord"
     files = [str(plain), str(gz), str(missing)]
     sizes = [os.path.getsize(plain), os.path.getsize(gz), 0]
 
-    pipeline = beam_test_pipeline.TestPipeline(runner=FnApiRunner())
+    pipeline = local_pipeline()
     result = pipeline | "Read" >> ReadTFRecords(files, chunk_size=16)
     assert_that(
         result.records | "Count" >> beam.Map(chunk_length) | beam.CombineGlobally(sum),

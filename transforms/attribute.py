@@ -334,7 +334,10 @@ class AttributeBatchDoFn(beam.DoFn):
         self._output_schema = output_schema
         self._key_feature = key_feature
         self._passthrough = list(passthrough)
-        self._shared = shared.Shared()  # one engine per worker process
+        # One engine per worker process for this pipeline: Beam's copies of this DoFn share the
+        # handle; a DoFn built for another run gets its own, so a model rewritten at the same
+        # path between runs in one process is never served stale.
+        self._shared = shared.Shared()
         self._loaded: Attributor | None = None
         self._decoder: ExampleDecoder | None = None
         self._layout: list[tuple[str, int, tuple[int, ...], np.dtype]] | None = None
@@ -382,7 +385,12 @@ class AttributeBatchDoFn(beam.DoFn):
         if self._key_feature is None:
             return [f"{r.file}:{r.index}" for r in records], [""] * len(records)
         name = self._key_feature
-        column = batch.column(batch.schema.get_field_index(name))
+        index = batch.schema.get_field_index(name)
+        if index < 0:  # plan_job checks the schema; never read another column as the key
+            return [""] * len(records), [f"key feature {name!r} is not in the schema"] * len(
+                records
+            )
+        column = batch.column(index)
         keys, reasons = [], []
         for value in column.to_pylist():
             if not value:
@@ -429,7 +437,10 @@ class AttributeBatchDoFn(beam.DoFn):
         """Yields (positions, Attribution or None, reason); splits failing batches in halves."""
         try:
             result = self._loaded.attribute(rows.inputs, rows.keys, rows.serialized)
-            finite = np.isfinite(result.predictions).all() and np.isfinite(result.deltas).all()
+            finite = all(
+                np.isfinite(values).all()
+                for values in (result.predictions, result.baseline_predictions, result.deltas)
+            )
             if not finite:
                 raise FloatingPointError("the model produced NaN or Inf outputs or gradients")
             yield rows.index, result, ""
