@@ -7,11 +7,11 @@ so reading a config or validating settings stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from attribution.errors import ModelLoadError, SettingsError
 from attribution.integration import integration_rule
+from attribution.lazy import lazy_exports
 from attribution.settings import (
     BASELINE_KINDS,
     METHODS,
@@ -58,14 +58,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from attribution.savedmodel import ExportedAttributor, export_integrated_gradients
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'attribution' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports("attribution", _LAZY, globals())

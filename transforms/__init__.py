@@ -10,8 +10,9 @@ Names load on first use (PEP 562), so `import transforms.tfrecords` (the pure re
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from attribution.lazy import lazy_exports
 
 _EXPORTS = {
     # reading
@@ -78,14 +79,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from transforms.tfrecords import Record, RecordChunk, iter_tfrecord_file
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'transforms' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports("transforms", _EXPORTS, globals())

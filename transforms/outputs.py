@@ -189,20 +189,17 @@ class WriteRunOutputs(beam.PTransform[RunOutputs, beam.pvalue.PDone]):
             | "GroupKeyBuckets" >> beam.GroupByKey()
             | "FindDuplicateKeys" >> beam.FlatMap(_duplicates)
             | "WriteDuplicateKeys"
-            >> beam.io.WriteToParquet(
-                self._path(DUPLICATE_KEYS_DIR, "part"),
-                DUPLICATE_KEYS_SCHEMA,
-                file_name_suffix=".parquet",
-            )
+            >> self._rows_to_parquet(DUPLICATE_KEYS_DIR, DUPLICATE_KEYS_SCHEMA)
         )
         _ = (
             outputs.dead_letters
             | "DeadLetterRows" >> beam.Map(dead_letter_to_row)
-            | "WriteDeadLetters"
-            >> beam.io.WriteToParquet(
-                self._path(DEAD_LETTER_DIR, "part"),
-                DEAD_LETTER_SCHEMA,
-                file_name_suffix=".parquet",
-            )
+            | "WriteDeadLetters" >> self._rows_to_parquet(DEAD_LETTER_DIR, DEAD_LETTER_SCHEMA)
         )
         return beam.pvalue.PDone(outputs.results.pipeline)
+
+    def _rows_to_parquet(self, directory: str, schema: pa.Schema) -> beam.PTransform:
+        """Writes dict rows as `directory/part-*.parquet` with an explicit schema."""
+        return beam.io.WriteToParquet(
+            self._path(directory, "part"), schema, file_name_suffix=".parquet"
+        )
