@@ -654,7 +654,7 @@ class IntegratedGradients:
         model_inputs = {k: arrays[k] for k in self.input_specs}
         rest = {k: v for k, v in model_inputs.items() if k not in self.attributed_specs}
         packed = layout.pack(self._embedded(model_inputs, n))
-        keys = np.array([str(k) for k in keys], dtype=object)
+        keys = np.array([k if isinstance(k, str | bytes) else str(k) for k in keys], dtype=object)
         per_call = self.examples_per_call or n
         fn = self._compiled()
         parts = []
@@ -668,7 +668,11 @@ class IntegratedGradients:
                 tf.constant(requested[s], tf.int32),
             )
             parts.append({k: v.numpy() for k, v in out.items()})
-        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        out = (
+            parts[0]
+            if len(parts) == 1
+            else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        )
         check_classes(self.target, self.output, int(out["classes"][0]), int(out["chosen"].max()))
         attributions = layout.unpack({k: out[ATTRIBUTIONS + k] for k in layout.groups})
         samples = out[BASELINES + next(iter(layout.groups))].shape[1]

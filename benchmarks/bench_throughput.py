@@ -51,6 +51,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 
 from pipeline.examples import shard_path, write_tfrecord_shards  # noqa: E402
+from pipeline.job import library_versions  # noqa: E402
 
 NUM_FEATURES = 64
 FEATURES = [f"f{i:02d}" for i in range(NUM_FEATURES)]
@@ -281,24 +282,6 @@ def run_pipeline(config: Any, beam_args: Sequence[str], n: int) -> tuple[float, 
         raise RuntimeError(f"pipeline attributed {counts}; expected {n} and no dead letters")
     in_process = "--direct_running_mode=multi_processing" not in beam_args
     return t.wall, t.cpu if in_process else None
-
-
-def versions() -> dict[str, str]:
-    import apache_beam as beam
-    import keras
-    import pyarrow as pa
-    import tensorflow as tf
-    import tfx_bsl
-
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "apache_beam": beam.__version__,
-        "tfx_bsl": tfx_bsl.__version__,
-        "pyarrow": pa.__version__,
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average_before": load_before,
             "load_average_after": _load(),
         },
-        "versions": versions(),
+        "versions": library_versions(),
         "examples": n,
         "steps": steps,
         "repeats": args.repeats,

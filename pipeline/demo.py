@@ -104,18 +104,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", default="demo_out", help="where to put the demo's files")
     parser.add_argument("--examples", type=int, default=4000)
+    parser.add_argument("--verbose", action="store_true", help="TensorFlow's native logs too")
     args, beam_args = parser.parse_known_args(argv)
     import pyarrow.parquet as pq
 
     from pipeline.cli import main as cli_main
+    from pipeline.console import quiet_native_logs
+    from transforms.constants import FEATURE_STATISTICS_FILE, STATISTICS_DIR
 
     print(f"igbeam demo: building a model and {args.examples} examples in {args.dir}/ ...")
-    config_path = prepare(args.dir, args.examples)
-    code = cli_main(["run", "--config", config_path, *beam_args])
+    with quiet_native_logs(enabled=not args.verbose):
+        config_path = prepare(args.dir, args.examples)
+    verbose = ["--verbose"] if args.verbose else []
+    code = cli_main(["run", "--config", config_path, *verbose, *beam_args])
     if code:
         return code
     out = os.path.join(args.dir, "out")
-    stats = pq.read_table(os.path.join(out, "statistics", "features.parquet")).to_pandas()
+    stats = pq.read_table(os.path.join(out, STATISTICS_DIR, FEATURE_STATISTICS_FILE)).to_pandas()
     overall = stats[stats.slice_name == "all"].sort_values("rank")
     print("\nTop features by mean |attribution| (all examples):")
     for row in overall.head(5).itertuples():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import os
 import platform
@@ -308,14 +309,24 @@ def _runner(options: PipelineOptions) -> Any:
     return None
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """igbeam's version and those of the libraries a run's results depend on."""
+    import keras
+    import numpy as np
     import tensorflow as tf
     import tfx_bsl
 
+    try:
+        igbeam = importlib.metadata.version("igbeam")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        igbeam = "unknown"
     return {
+        "igbeam": igbeam,
         "python": platform.python_version(),
-        "apache_beam": beam.__version__,
+        "numpy": np.__version__,
         "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "apache_beam": beam.__version__,
         "tfx_bsl": tfx_bsl.__version__,
         "pyarrow": pa.__version__,
     }
@@ -402,7 +413,7 @@ def run_job(
         "examples_per_second": round(attributed_rows / wall, 2) if wall > 0 else None,
         "schema_inferred": plan.schema_inferred,
         "config": config.to_dict(),
-        "versions": _versions(),
+        "versions": library_versions(),
         "beam_args": list(beam_args),
     }
     failure = None
