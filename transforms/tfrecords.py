@@ -522,18 +522,20 @@ class _TFRecordStreamReader:
 
     def _truncated_header(self, have: int) -> DeadLetter:
         """Dead-letters the `have` (< header size) bytes left at the end of the file."""
-        buf = self._buf
-        offset = buf.pos
-        raw = buf.peek(0, have)
-        buf.skip(have)
-        self._done = True
-        return self._dead_letter(
-            self._next_index(),
-            offset,
+        return self._truncated_at_end(
+            have,
             f"truncated record header: only {have} of {_HEADER_SIZE} header bytes before end "
             "of file",
-            raw,
         )
+
+    def _truncated_at_end(self, have: int, reason: str) -> DeadLetter:
+        """Dead-letters the `have` bytes left at the cursor (an incomplete last record); stops."""
+        buf = self._buf
+        offset = buf.pos
+        raw = buf.peek(0, min(have, MAX_RAW_BYTES))
+        buf.skip(have)
+        self._done = True
+        return self._dead_letter(self._next_index(), offset, reason, raw)
 
     def _framed_record(self, length: int) -> Record | DeadLetter:
         """Reads the record at the cursor, whose header (declaring `length`) is valid."""
@@ -544,15 +546,10 @@ class _TFRecordStreamReader:
         if have < size:
             if buf.error is not None:
                 return self._stream_error()
-            raw = buf.peek(0, min(have, MAX_RAW_BYTES))
-            buf.skip(have)
-            self._done = True
-            return self._dead_letter(
-                self._next_index(),
-                offset,
+            return self._truncated_at_end(
+                have,
                 f"truncated record: header declares {length} data bytes but the file ends "
                 f"{have} bytes after the record start (needs {size})",
-                raw,
             )
         data = buf.peek(_HEADER_SIZE, _HEADER_SIZE + length)
         (data_crc,) = _U32.unpack(buf.peek(_HEADER_SIZE + length, size))
