@@ -41,6 +41,7 @@ from attribution.fields import (
 __all__ = [
     "BASELINE_KINDS",
     "FEATURES",
+    "KEYED_BASELINE_KINDS",
     "METHODS",
     "TARGET_KINDS",
     "AttributionConfig",
@@ -61,6 +62,10 @@ METHODS = (
 
 BASELINE_KINDS = ("zeros", "constant", "per_feature", "array", "random_uniform")
 """Baseline kinds; `array` (per-example arrays passed to `attribute`) is Python-only."""
+
+KEYED_BASELINE_KINDS = ("random_uniform",)
+"""Baseline kinds whose values depend on each example's key (a SavedModel export of them takes
+a `keys` input)."""
 
 TARGET_KINDS = ("predicted", "index", "label", "scalar", "callable")
 """Target kinds; `callable` (a TensorFlow function of the output) is Python-only."""
@@ -102,6 +107,11 @@ class Baseline:
     )
     seed: int = setting(0, check=Integer(0), kinds={"random_uniform": OPTIONAL_FOR_KIND})
     samples: int = setting(1, check=Integer(1), kinds={"random_uniform": OPTIONAL_FOR_KIND})
+
+    @property
+    def uses_keys(self) -> bool:
+        """Whether the baselines depend on each example's key (`KEYED_BASELINE_KINDS`)."""
+        return self.kind in KEYED_BASELINE_KINDS
 
     @property
     def num_samples(self) -> int:
