@@ -33,6 +33,7 @@ from attribution.errors import SettingsError
 from attribution.fields import (
     LEAF,
     MAP,
+    Boolean,
     Check,
     Integer,
     Names,
@@ -55,6 +56,7 @@ from attribution.settings import (
     ModelConfig,
     Target,
 )
+from transforms.settings import StatisticsConfig
 
 __all__ = [
     "BASELINE_KINDS",
@@ -68,6 +70,7 @@ __all__ = [
     "JobConfig",
     "ModelConfig",
     "OutputConfig",
+    "StatisticsConfig",
     "TargetConfig",
     "apply_override",
     "load_config",
@@ -123,11 +126,13 @@ class OutputConfig:
       path: Output directory (local path or URI).
       shards: Number of Parquet shards; 0 lets the runner decide.
       row_group_rows: Rows per Parquet row group.
+      input_values: Also write each attributed feature's input value (`in_<feature>`).
     """
 
     path: str = setting(check=Text(), path=True)
     shards: int = setting(0, check=Integer(0))
     row_group_rows: int = setting(65536, check=Integer(1))
+    input_values: bool = setting(False, check=Boolean())
 
 
 class _Slices(Check):
@@ -168,6 +173,7 @@ class JobConfig:
       attribution: Attribution settings.
       batching: Batch sizes.
       slices: Slice keys; each a tuple of passthrough features.
+      statistics: What the run records for comparisons (replicates, histograms, inputs).
       output: The output location.
       max_dead_letter_fraction: The job fails when more than this fraction of records is
         dead-lettered.
@@ -180,6 +186,7 @@ class JobConfig:
     attribution: AttributionConfig = setting(AttributionConfig(), check=Section(AttributionConfig))
     batching: BatchingConfig = setting(BatchingConfig(), check=Section(BatchingConfig))
     slices: tuple[tuple[str, ...], ...] = setting((), check=_Slices())
+    statistics: StatisticsConfig = setting(StatisticsConfig(), check=Section(StatisticsConfig))
     output: OutputConfig = setting(check=Section(OutputConfig))
     max_dead_letter_fraction: float = setting(0.01, check=Number(0.0, 1.0))
 

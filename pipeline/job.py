@@ -36,8 +36,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from attribution import ModelLoadError
+from attribution.savedmodel import IG_SIGNATURE
 from pipeline.config import JobConfig
 from pipeline.console import ProgressPrinter
+from pipeline.fingerprint import fingerprint
 from transforms import progress
 from transforms.attribute import (
     AttributeRecords,
@@ -52,12 +54,12 @@ from transforms.constants import (
     DEAD_LETTER_DIR,
     DUPLICATE_KEYS_DIR,
     FEATURE_STATISTICS_FILE,
+    INPUT_PREFIX,
     METRICS_NAMESPACE,
     OUTPUT_PARTS,
     READ_DEAD_LETTERS,
     RECORDS_READ,
     SCHEMA_FILE,
-    SLICE_STATISTICS_FILE,
     STATISTICS_DIR,
     SUCCESS_FILE,
     SUMMARY_FILE,
@@ -69,9 +71,14 @@ from transforms.outputs import (
     RunOutputs,
     WriteRunOutputs,
     write_parquet_file,
+    write_statistics,
 )
 from transforms.records import ReadTFRecords, match_files, read_tfrecord_file
-from transforms.statistics import FEATURE_STATS_SCHEMA, SLICE_STATS_SCHEMA
+from transforms.statistics import (
+    FEATURE_STATS_SCHEMA,
+    SLICE_STATS_SCHEMA,
+    AttributionStatistics,
+)
 from transforms.tfrecords import Record
 
 SCHEMA_SAMPLE_RECORDS = 1000
@@ -105,8 +112,10 @@ class Plan:
     files: list[str]
     schema: Any  # schema_pb2.Schema
     spec: EngineSpec
-    output_schema: pa.Schema
+    output_schema: pa.Schema  # of the attributions written
+    results_schema: pa.Schema  # of the per-example results (also input values for statistics)
     attributed: list[str]
+    input_features: list[str]  # attributed features with input values (`in_<name>`)
     schema_inferred: bool
     input_bytes: int
     loaded: Attributor | None = dataclasses.field(default=None, repr=False, compare=False)
@@ -179,23 +188,68 @@ def plan_job(config: JobConfig) -> Plan:
     for name in (*config.passthrough, config.input.key, config.attribution.target.feature):
         if name is not None and name not in in_schema:
             raise JobError(f"feature {name!r} is not in the schema")
+    # Attributed features read from the examples (not a layer, not a preprocessing model's
+    # output) also get their input values into the results, for statistics and the output.
+    input_features = [
+        n for n in loaded.attributed_names if n in loaded.feature_specs and n in in_schema
+    ]
     try:
         attributed_sizes = loaded.attributed_sizes()
-        output_schema = attribution_schema(attributed_sizes, schema, config.passthrough)
+        results_schema = attribution_schema(
+            attributed_sizes, schema, config.passthrough, input_features
+        )
     except ValueError as err:
         raise JobError(f"attribution: {err}") from err
+    written = [
+        f.name
+        for f in results_schema
+        if config.output.input_values or not f.name.startswith(INPUT_PREFIX)
+    ]
     _check_writable(config.output.path)
     return Plan(
-        config,
-        files,
-        schema,
-        spec,
-        output_schema,
-        list(attributed_sizes),
-        schema_inferred,
-        sum(sizes.values()),
-        loaded,
+        config=config,
+        files=files,
+        schema=schema,
+        spec=spec,
+        output_schema=pa.schema([results_schema.field(n) for n in written]),
+        results_schema=results_schema,
+        attributed=list(attributed_sizes),
+        input_features=input_features,
+        schema_inferred=schema_inferred,
+        input_bytes=sum(sizes.values()),
+        loaded=loaded,
     )
+
+
+def statistics_arguments(plan: Plan) -> dict[str, Any]:
+    """Keyword arguments of `AttributionStatsCombineFn` for a plan's `statistics` settings.
+
+    Inputs described: every attributed feature read from the examples (`in_<name>`) and every
+    pass-through feature; BYTES features are categorical, numeric lists are described over all
+    their values.
+    """
+    settings = plan.config.statistics
+    arguments: dict[str, Any] = {
+        "replicates": settings.replicates,
+        "histogram_buckets": settings.histogram_buckets,
+        "top_values": settings.top_values,
+    }
+    if not settings.inputs:
+        return arguments
+    numeric, vectors, categorical = [], [], []
+    columns = [(n, INPUT_PREFIX + n) for n in plan.input_features]
+    columns += [(n, n) for n in plan.config.passthrough]
+    for feature, column in columns:
+        data_type = plan.results_schema.field(column).type
+        value_type = data_type.value_type if pa.types.is_large_list(data_type) else data_type
+        if pa.types.is_string(value_type) or pa.types.is_binary(value_type):
+            categorical.append((feature, column))
+        elif pa.types.is_large_list(data_type):
+            vectors.append((feature, column))
+        else:
+            numeric.append((feature, column))
+    arguments.update(numeric_inputs=numeric, vector_inputs=vectors, categorical_inputs=categorical)
+    return arguments
 
 
 def _check_writable(path: str) -> None:
@@ -227,10 +281,11 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
     attributed = read.records | "AttributeRecords" >> AttributeRecords(
         plan.spec,
         plan.schema,
-        plan.output_schema,
+        plan.results_schema,
         batch_size=config.batching.batch_size,
         key_feature=config.input.key,
         passthrough=config.passthrough,
+        input_features=plan.input_features,
     )
     dead_letters = (read.dead_letters, attributed.dead_letters) | "FlattenDeadLetters" >> (
         beam.Flatten()
@@ -242,6 +297,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         slices=config.slices,
         row_group_rows=config.output.row_group_rows,
         shards=config.output.shards,
+        statistics=statistics_arguments(plan),
     )
 
 
@@ -376,16 +432,15 @@ def run_job(
     _ensure_file(_join(out, DEAD_LETTER_DIR), DEAD_LETTER_SCHEMA)
     _ensure_file(_join(out, DUPLICATE_KEYS_DIR), DUPLICATE_KEYS_SCHEMA)
     if not FileSystems.exists(_join(out, STATISTICS_DIR, FEATURE_STATISTICS_FILE)):
-        write_parquet_file(
-            _join(out, STATISTICS_DIR, FEATURE_STATISTICS_FILE), FEATURE_STATS_SCHEMA.empty_table()
+        empty = AttributionStatistics(
+            FEATURE_STATS_SCHEMA.empty_table(), SLICE_STATS_SCHEMA.empty_table()
         )
-        write_parquet_file(
-            _join(out, STATISTICS_DIR, SLICE_STATISTICS_FILE), SLICE_STATS_SCHEMA.empty_table()
-        )
+        write_statistics(_join(out, STATISTICS_DIR), empty)
     attributed_rows, attribution_files = _parquet_rows(_join(out, ATTRIBUTIONS_DIR, "*.parquet"))
     dead_rows, _ = _parquet_rows(_join(out, DEAD_LETTER_DIR, "*.parquet"))
     duplicate_rows, _ = _parquet_rows(_join(out, DUPLICATE_KEYS_DIR, "*.parquet"))
     counters = _counters(result)
+    versions = library_versions()
     accounting = _accounting(counters, attributed_rows, dead_rows)
     wall = time.time() - start
     dead_by_stage = {
@@ -413,7 +468,14 @@ def run_job(
         "examples_per_second": round(attributed_rows / wall, 2) if wall > 0 else None,
         "schema_inferred": plan.schema_inferred,
         "config": config.to_dict(),
-        "versions": library_versions(),
+        "fingerprint": fingerprint(
+            config.model,
+            config.attribution,
+            plan.attributed,
+            versions["igbeam"],
+            from_export=config.model.signature == IG_SIGNATURE,
+        ),
+        "versions": versions,
         "beam_args": list(beam_args),
     }
     failure = None

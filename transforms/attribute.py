@@ -37,6 +37,7 @@ from transforms.constants import (
     DEAD_LETTER_COUNTERS,
     DEAD_LETTER_TAG,
     EXAMPLES_ATTRIBUTED,
+    INPUT_PREFIX,
     KEY_COLUMN,
     METRICS_NAMESPACE,
     MODEL_FAILURES,
@@ -251,26 +252,30 @@ def attribution_schema(
     attributed_sizes: Mapping[str, int],
     schema: schema_pb2.Schema,
     passthrough: Sequence[str],
+    input_features: Sequence[str] = (),
 ) -> pa.Schema:
-    """The explicit Arrow schema of the per-example attributions output.
+    """The explicit Arrow schema of the per-example results.
 
     Columns: key, target, prediction, baseline_prediction, delta; `attr_<name>` per attributed
     feature (float64 for a scalar, list<float64> for a vector; per-token scores for a layer); then
     the pass-through features (a scalar when the schema fixes one value per example, else a list;
-    bytes become UTF-8 strings; null when missing).
+    bytes become UTF-8 strings; null when missing); then `in_<name>`, the input value of each of
+    `input_features` (attributed features read from the examples), typed like a pass-through.
     """
     fields = list(RESULT_FIELDS)
     for name, size in attributed_sizes.items():
         value = pa.float64() if size == 1 else pa.list_(pa.float64())
         fields.append(pa.field(ATTRIBUTION_PREFIX + name, value, nullable=False))
     by_name = {f.name: f for f in schema.feature}
-    for name in passthrough:
+    columns = [(name, name) for name in passthrough]
+    columns += [(name, INPUT_PREFIX + name) for name in input_features]
+    for name, column in columns:
         if name not in by_name:
-            raise ValueError(f"pass-through feature {name!r} is not in the schema")
+            raise ValueError(f"feature {name!r} is not in the schema")
         value = _arrow_type(by_name[name])
         if fixed_length(schema, name) != 1:
             value = pa.large_list(value)
-        fields.append(pa.field(name, value, nullable=True))
+        fields.append(pa.field(column, value, nullable=True))
     return pa.schema(fields)
 
 
@@ -318,6 +323,14 @@ class AttributeBatchDoFn(beam.DoFn):
 
     Main output: `pa.RecordBatch` with `output_schema`. Tagged output `DEAD_LETTER_TAG`:
     `DeadLetter` for every record that was not attributed.
+
+    Args:
+      spec: How to build the engine (in `setup()`, once per worker process).
+      schema: The TFMD schema the records are decoded against.
+      output_schema: The results' schema (`attribution_schema`).
+      key_feature: The feature holding each example's key (None: file and record index).
+      passthrough: Features copied to the results.
+      input_features: Attributed features whose input values are copied to `in_<name>`.
     """
 
     def __init__(
@@ -328,12 +341,14 @@ class AttributeBatchDoFn(beam.DoFn):
         *,
         key_feature: str | None = None,
         passthrough: Sequence[str] = (),
+        input_features: Sequence[str] = (),
     ) -> None:
         self._spec = spec
         self._schema_bytes = schema.SerializeToString()
         self._output_schema = output_schema
         self._key_feature = key_feature
         self._passthrough = list(passthrough)
+        self._input_features = list(input_features)
         # One engine per worker process for this pipeline: Beam's copies of this DoFn share the
         # handle; a DoFn built for another run gets its own, so a model rewritten at the same
         # path between runs in one process is never served stale.
@@ -480,15 +495,17 @@ class AttributeBatchDoFn(beam.DoFn):
             else:
                 columns[field.name] = pa.array(flat[:, 0])
         take = pa.array(index)
-        for name in self._passthrough:
+        copied = [(name, name) for name in self._passthrough]
+        copied += [(name, INPUT_PREFIX + name) for name in self._input_features]
+        for name, output in copied:
             column = batch.column(batch.schema.get_field_index(name)).take(take)
-            field = self._output_schema.field(name)
+            field = self._output_schema.field(output)
             single = not pa.types.is_large_list(field.type)
             value_type = field.type if single else field.type.value_type
             if pa.types.is_string(value_type):
                 column = _to_strings(column)
             column = scalar_or_list(column, single)
-            columns[name] = column.cast(field.type)
+            columns[output] = column.cast(field.type)
         return pa.RecordBatch.from_arrays(
             [columns[f.name] for f in self._output_schema], schema=self._output_schema
         )
@@ -575,6 +592,7 @@ class AttributeRecords(beam.PTransform[beam.PCollection[RecordChunk], AttributeR
         batch_size: int,
         key_feature: str | None = None,
         passthrough: Sequence[str] = (),
+        input_features: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self._spec = spec
@@ -583,6 +601,7 @@ class AttributeRecords(beam.PTransform[beam.PCollection[RecordChunk], AttributeR
         self._batch_size = batch_size
         self._key_feature = key_feature
         self._passthrough = passthrough
+        self._input_features = input_features
 
     def expand(self, records: beam.PCollection[RecordChunk]) -> AttributeResult:
         fn = AttributeBatchDoFn(
@@ -591,6 +610,7 @@ class AttributeRecords(beam.PTransform[beam.PCollection[RecordChunk], AttributeR
             self._output_schema,
             key_feature=self._key_feature,
             passthrough=self._passthrough,
+            input_features=self._input_features,
         )
         outputs = (
             records

@@ -38,6 +38,7 @@ DEAD_LETTER_COUNTERS = {
 # Columns of the per-example attributions.
 KEY_COLUMN = "key"
 ATTRIBUTION_PREFIX = "attr_"  # attr_<feature>: one column per attributed feature (or layer)
+INPUT_PREFIX = "in_"  # in_<feature>: the attributed feature's input value (output.input_values)
 
 # Tagged outputs.
 DEAD_LETTER_TAG = "dead_letter"
@@ -47,6 +48,10 @@ ATTRIBUTIONS_DIR = "attributions"  # part-*.parquet, one row per example
 STATISTICS_DIR = "statistics"
 FEATURE_STATISTICS_FILE = "features.parquet"  # in STATISTICS_DIR: per slice and feature
 SLICE_STATISTICS_FILE = "slices.parquet"  # in STATISTICS_DIR: per slice
+HISTOGRAMS_FILE = "histograms.parquet"  # in STATISTICS_DIR: attribution and input histograms
+INPUT_STATISTICS_FILE = "inputs.parquet"  # in STATISTICS_DIR: input value statistics
+FEATURE_REPLICATES_FILE = "features_replicates.parquet"  # in STATISTICS_DIR: per replicate
+SLICE_REPLICATES_FILE = "slices_replicates.parquet"  # in STATISTICS_DIR: per replicate
 DEAD_LETTER_DIR = "dead_letter"  # part-*.parquet, records not attributed
 DUPLICATE_KEYS_DIR = "duplicate_keys"  # part-*.parquet, keys seen more than once
 SCHEMA_FILE = "schema.pbtxt"  # the TFMD schema used

@@ -19,8 +19,8 @@ import collections
 import io
 import itertools
 import zlib
-from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -33,8 +33,12 @@ from transforms.constants import (
     ATTRIBUTIONS_DIR,
     DEAD_LETTER_DIR,
     DUPLICATE_KEYS_DIR,
+    FEATURE_REPLICATES_FILE,
     FEATURE_STATISTICS_FILE,
+    HISTOGRAMS_FILE,
+    INPUT_STATISTICS_FILE,
     KEY_COLUMN,
+    SLICE_REPLICATES_FILE,
     SLICE_STATISTICS_FILE,
     STATISTICS_DIR,
 )
@@ -44,9 +48,11 @@ from transforms.statistics import AttributionStatistics, ComputeAttributionStati
 __all__ = [
     "DUPLICATE_KEYS_SCHEMA",
     "KEY_BUCKETS",
+    "STATISTICS_FILES",
     "RunOutputs",
     "WriteRunOutputs",
     "write_parquet_file",
+    "write_statistics",
 ]
 
 DUPLICATE_KEYS_SCHEMA = pa.schema(
@@ -122,13 +128,29 @@ def _duplicates(bucket_keys: tuple[int, Sequence[list[str]]]) -> Iterator[dict]:
     return ({"key": k, "count": c} for k, c in sorted(counts.items()) if c > 1)
 
 
+STATISTICS_FILES = {
+    FEATURE_STATISTICS_FILE: "features",
+    SLICE_STATISTICS_FILE: "slices",
+    HISTOGRAMS_FILE: "histograms",
+    INPUT_STATISTICS_FILE: "inputs",
+    FEATURE_REPLICATES_FILE: "feature_replicates",
+    SLICE_REPLICATES_FILE: "slice_replicates",
+}
+"""Each file of `statistics/` and the `AttributionStatistics` table it holds."""
+
+
+def write_statistics(directory: str, stats: AttributionStatistics) -> None:
+    """Writes every table of `stats` into `directory` (`STATISTICS_FILES`)."""
+    for name, table in STATISTICS_FILES.items():
+        write_parquet_file(FileSystems.join(directory, name), getattr(stats, table))
+
+
 class _WriteStatistics(beam.DoFn):
     def __init__(self, directory: str) -> None:
         self._dir = directory
 
     def process(self, stats: AttributionStatistics) -> Iterator[int]:
-        write_parquet_file(FileSystems.join(self._dir, FEATURE_STATISTICS_FILE), stats.features)
-        write_parquet_file(FileSystems.join(self._dir, SLICE_STATISTICS_FILE), stats.slices)
+        write_statistics(self._dir, stats)
         yield stats.slices.num_rows
 
 
@@ -137,11 +159,14 @@ class WriteRunOutputs(beam.PTransform[RunOutputs, beam.pvalue.PDone]):
 
     Args:
       output_dir: The run's `output.path`.
-      output_schema: The explicit Arrow schema of the per-example results.
+      output_schema: The explicit Arrow schema of the attributions written: a subset of the
+        results' columns (the others, e.g. `in_<feature>` input values, only feed statistics).
       features: The attributed names (statistics read `attr_<name>`).
       slices: Slice specs of the statistics (lists of pass-through columns).
       row_group_rows: Rows per Parquet row group of the attributions.
       shards: Attribution files; 0 lets the runner decide.
+      statistics: More keyword arguments of `AttributionStatsCombineFn` (replicates,
+        histogram buckets, inputs to describe).
     """
 
     def __init__(
@@ -153,6 +178,7 @@ class WriteRunOutputs(beam.PTransform[RunOutputs, beam.pvalue.PDone]):
         slices: Sequence[Sequence[str]] = (),
         row_group_rows: int = 65536,
         shards: int = 0,
+        statistics: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self._dir = output_dir
@@ -161,6 +187,7 @@ class WriteRunOutputs(beam.PTransform[RunOutputs, beam.pvalue.PDone]):
         self._slices = [list(s) for s in slices]
         self._row_group_rows = row_group_rows
         self._shards = shards
+        self._statistics = dict(statistics or {})
 
     def _path(self, *parts: str) -> str:
         return FileSystems.join(self._dir, *parts)
@@ -171,7 +198,10 @@ class WriteRunOutputs(beam.PTransform[RunOutputs, beam.pvalue.PDone]):
         tables = outputs.results | "MergeRowGroups" >> beam.ParDo(
             _MergeTables(self._row_group_rows)
         )
-        _ = tables | "WriteAttributions" >> beam.io.WriteToParquetBatched(
+        written = tables | "SelectWrittenColumns" >> beam.Map(
+            lambda table, names: table.select(names), self._schema.names
+        )  # zero-copy; drops the columns that only feed statistics
+        _ = written | "WriteAttributions" >> beam.io.WriteToParquetBatched(
             self._path(ATTRIBUTIONS_DIR, "part"),
             self._schema,
             num_shards=self._shards,
@@ -180,7 +210,9 @@ class WriteRunOutputs(beam.PTransform[RunOutputs, beam.pvalue.PDone]):
         _ = (
             tables
             | "ComputeStatistics"
-            >> ComputeAttributionStatistics(features=self._features, slices=self._slices)
+            >> ComputeAttributionStatistics(
+                features=self._features, slices=self._slices, **self._statistics
+            )
             | "WriteStatistics" >> beam.ParDo(_WriteStatistics(self._path(STATISTICS_DIR)))
         )
         _ = (

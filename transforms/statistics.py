@@ -1,4 +1,4 @@
-"""Mergeable per-slice, per-feature statistics of Integrated Gradients attributions.
+"""Mergeable per-slice statistics of a run: attributions, inputs, and key-hash replicates.
 
 The input is a stream of `pyarrow.RecordBatch` values of per-example attribution results with
 (at least) these columns:
@@ -9,12 +9,27 @@ The input is a stream of `pyarrow.RecordBatch` values of per-example attribution
 * ``attr_<feature>`` for every attributed feature: float64 for a scalar feature, or
   ``list<float64>`` / ``large_list<float64>`` / ``fixed_size_list<float64>`` for a vector
   feature,
-* pass-through columns (strings, ints, floats, bools; possibly null) used as slice keys.
+* pass-through columns (strings, ints, floats, bools; possibly null) used as slice keys,
+* input value columns to describe (the job adds ``in_<feature>`` for attributed features).
 
 `AttributionStatsCombineFn` folds such batches into an accumulator that can be merged in any
 order and grouping (sums, counts, min/max and a Chan-style merge of the sum of squared
-deviations; quantiles from `tfx_bsl.sketches.QuantilesSketch`), and finally renders two Arrow
-tables, one row per (slice, feature) and one row per slice (`AttributionStatistics`).
+deviations; quantiles from `tfx_bsl.sketches.QuantilesSketch`; top values from
+`MisraGriesSketch`, distinct counts from `KmvSketch`) and renders `AttributionStatistics`:
+
+* ``features``: one row per (slice, feature) of attributions; ``slices``: one row per slice;
+* ``histograms``: per (slice, feature) and source (attribution or input), the boundaries of
+  `histogram_buckets` equal-mass buckets of the values, from the same quantile sketches as the
+  ``quantiles`` column (so two runs compare without their rows: `pipeline.drift` re-buckets two
+  such histograms onto the union of their boundaries, as TFDV does);
+* ``inputs``: per (slice, input feature) value statistics, numeric (count, missing, NaN, mean,
+  std, min, max) or categorical (top values with approximate counts, a distinct estimate);
+* with ``replicates`` R > 0, the same statistics for R deterministic sub-samples of every slice
+  (example in replicate ``crc32("replicate:" + key) % R``): ``feature_replicates``,
+  ``slice_replicates`` and rows of ``histograms``/``inputs`` with ``replicate`` >= 0 (``-1`` is
+  all examples). A comparison measures how much a score moves between replicates of one run:
+  its noise floor. Replicates cost little: examples are accumulated per replicate only, and the
+  whole slice is the merge of its replicates, made once when the output is extracted.
 
 Slices. Every example belongs to the overall slice ``("all", "")``; to one slice per configured
 slice spec (a list of pass-through column names, e.g. ``["country", "device"]`` gives
@@ -23,10 +38,10 @@ Null slice values become ``"<null>"``; other values are rendered with Python's `
 are decoded as UTF-8). Values containing ``","`` make multi-column slice values ambiguous to read
 back but are still kept apart.
 
-Vector features. The statistic of a vector (e.g. per-token) feature is over the per-example SUM
-of its attributions across the vector (an empty vector sums to 0). A per-example value that is
-NaN (or null, or a vector with any NaN/null element) is excluded from every statistic of that
-feature and counted in ``nan_count`` instead.
+Vector features. The statistic of a vector (e.g. per-token) attribution is over the per-example
+SUM of its attributions across the vector (an empty vector sums to 0). A per-example value that
+is NaN (or null, or a vector with any NaN/null element) is excluded from every statistic of that
+feature and counted in ``nan_count`` instead. Vector inputs are described over all their values.
 
 Everything in `add_input` is vectorised with numpy/pyarrow: rows are grouped per slice by
 sorting integer slice codes and reducing with ``ufunc.reduceat``; the only Python loops run over
@@ -36,6 +51,7 @@ slices, features and distinct slice values, never over examples.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
@@ -43,16 +59,29 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tfx_bsl.sketches import QuantilesSketch
+from tfx_bsl.sketches import KmvSketch, MisraGriesSketch, QuantilesSketch
 
+from attribution.fields import default_of
 from transforms.constants import ATTRIBUTION_PREFIX
+from transforms.settings import StatisticsConfig
 
 __all__ = [
+    "ALL_DATA",
     "ALL_SLICE",
     "DEFAULT_EPSILON",
+    "DEFAULT_HISTOGRAM_BUCKETS",
+    "DEFAULT_TOP_VALUES",
+    "FEATURE_REPLICATES_SCHEMA",
     "FEATURE_STATS_SCHEMA",
+    "HISTOGRAM_SCHEMA",
+    "INPUT_STATS_SCHEMA",
+    "KIND_CATEGORICAL",
+    "KIND_NUMERIC",
     "NULL_SLICE_VALUE",
+    "SLICE_REPLICATES_SCHEMA",
     "SLICE_STATS_SCHEMA",
+    "SOURCE_ATTRIBUTION",
+    "SOURCE_INPUT",
     "TARGET_SLICE_NAME",
     "AttributionStatistics",
     "AttributionStatsCombineFn",
@@ -62,10 +91,23 @@ __all__ = [
 
 DEFAULT_EPSILON = 0.01
 """Rank error of the quantile sketches, as a fraction of the count (TFDV's default)."""
+DEFAULT_HISTOGRAM_BUCKETS: int = default_of(StatisticsConfig, "histogram_buckets")
+"""Equal-mass buckets of the histograms two runs are compared on (`StatisticsConfig`)."""
+DEFAULT_TOP_VALUES: int = default_of(StatisticsConfig, "top_values")
+"""Top values kept per categorical input (`StatisticsConfig`)."""
 
 ALL_SLICE: tuple[str, str] = ("all", "")
 TARGET_SLICE_NAME = "target"
 NULL_SLICE_VALUE = "<null>"
+ALL_DATA = -1
+"""The ``replicate`` of rows that describe all examples of a slice."""
+SOURCE_ATTRIBUTION = "attribution"
+SOURCE_INPUT = "input"
+KIND_NUMERIC = "numeric"
+KIND_CATEGORICAL = "categorical"
+
+_REPLICATE_SALT = b"replicate:"
+_KMV_BUCKETS = 1024  # distinct estimate within a few percent
 
 # Number of |delta| quantile buckets: boundaries at multiples of 5%, so p50 is boundary 10 and
 # p95 boundary 19.
@@ -115,17 +157,95 @@ SLICE_STATS_SCHEMA = pa.schema(
 """
 
 
+_REPLICATE_FIELD = pa.field("replicate", pa.int64(), nullable=False)
+FEATURE_REPLICATES_SCHEMA = FEATURE_STATS_SCHEMA.insert(0, _REPLICATE_FIELD)
+"""Schema of `AttributionStatistics.feature_replicates`: `FEATURE_STATS_SCHEMA` per replicate."""
+SLICE_REPLICATES_SCHEMA = SLICE_STATS_SCHEMA.insert(0, _REPLICATE_FIELD)
+"""Schema of `AttributionStatistics.slice_replicates`: `SLICE_STATS_SCHEMA` per replicate."""
+
+HISTOGRAM_SCHEMA = pa.schema(
+    [
+        _REPLICATE_FIELD,
+        pa.field("slice_name", pa.string(), nullable=False),
+        pa.field("slice_value", pa.string(), nullable=False),
+        pa.field("feature", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("nan_count", pa.int64(), nullable=False),
+        pa.field("boundaries", pa.list_(pa.float64()), nullable=False),
+    ]
+)
+"""Schema of `AttributionStatistics.histograms`: one row per (replicate, slice, feature, source).
+
+``boundaries`` are ``histogram_buckets + 1`` quantile boundaries of the ``count`` finite values
+(``source`` ``attribution``: per-example attributions; ``input``: numeric input values), so
+every bucket holds ``count / histogram_buckets`` values; equal boundaries are a point mass. Empty
+when ``count`` is 0. NaN values are counted apart in ``nan_count``.
+"""
+
+INPUT_STATS_SCHEMA = pa.schema(
+    [
+        _REPLICATE_FIELD,
+        pa.field("slice_name", pa.string(), nullable=False),
+        pa.field("slice_value", pa.string(), nullable=False),
+        pa.field("feature", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("examples", pa.int64(), nullable=False),
+        pa.field("missing", pa.int64(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("nan_count", pa.int64(), nullable=False),
+        pa.field("mean", pa.float64(), nullable=False),
+        pa.field("std", pa.float64(), nullable=False),
+        pa.field("min", pa.float64(), nullable=False),
+        pa.field("max", pa.float64(), nullable=False),
+        pa.field("unique", pa.int64(), nullable=True),
+        pa.field(
+            "top_values",
+            pa.list_(
+                pa.struct(
+                    [
+                        pa.field("value", pa.string(), nullable=False),
+                        pa.field("count", pa.int64(), nullable=False),
+                    ]
+                )
+            ),
+            nullable=False,
+        ),
+    ]
+)
+"""Schema of `AttributionStatistics.inputs`: one row per (replicate, slice, input feature).
+
+``examples`` in the slice, ``missing`` examples without a value, ``count`` values (all values of
+a list feature), ``nan_count`` NaN values. Numeric (``kind`` ``numeric``): ``mean``, ``std``,
+``min``, ``max`` of the finite values (histogram in ``histograms``, source ``input``).
+Categorical: ``top_values`` (value, approximate count; Misra-Gries, most frequent first) and
+``unique``, a distinct-value estimate (KMV); the numeric fields are NaN.
+"""
+
+
+def _empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
 class AttributionStatistics(NamedTuple):
-    """The result of `AttributionStatsCombineFn`.
+    """The result of `AttributionStatsCombineFn` (see the module docstring).
 
     Attributes:
       features: One row per (slice, feature), schema `FEATURE_STATS_SCHEMA`, sorted by slice and
         then by rank.
       slices: One row per slice, schema `SLICE_STATS_SCHEMA`, in the same slice order.
+      histograms: `HISTOGRAM_SCHEMA`, all examples (replicate -1) and every replicate.
+      inputs: `INPUT_STATS_SCHEMA`, likewise.
+      feature_replicates: `FEATURE_REPLICATES_SCHEMA`, every replicate of every slice.
+      slice_replicates: `SLICE_REPLICATES_SCHEMA`, likewise.
     """
 
     features: pa.Table
     slices: pa.Table
+    histograms: pa.Table = _empty(HISTOGRAM_SCHEMA)
+    inputs: pa.Table = _empty(INPUT_STATS_SCHEMA)
+    feature_replicates: pa.Table = _empty(FEATURE_REPLICATES_SCHEMA)
+    slice_replicates: pa.Table = _empty(SLICE_REPLICATES_SCHEMA)
 
 
 # A quantile sketch stores ~32 bytes per value until it holds a few thousand values (then it is
@@ -205,40 +325,36 @@ class _BufferedSketch:
         return pa.array([bounds.tolist()], pa.list_(pa.float64()))
 
 
-class _SliceAccumulator:
-    """Mergeable statistics of one slice; per-feature arrays are indexed like `features`."""
+class _Moments:
+    """Mergeable moments and quantile sketches of `width` value columns (one per feature).
+
+    Counts, sums, |sums|, min/max and M2, the sum of squared deviations merged with Chan et
+    al.'s parallel update (so the standard deviation is numerically stable), plus one quantile
+    sketch per column.
+    """
 
     __slots__ = (
-        "abs_delta_max",
-        "abs_delta_sketch",
         "count",
-        "examples",
         "m2",
         "max",
         "min",
+        "missing",
         "nan_count",
-        "prediction_count",
-        "prediction_sum",
         "sketches",
         "total",
         "total_abs",
     )
 
-    def __init__(self, num_features: int, make_sketch: Callable[[], QuantilesSketch]) -> None:
-        self.examples = 0
-        self.prediction_sum = 0.0
-        self.prediction_count = 0
-        self.abs_delta_max = -math.inf
-        self.abs_delta_sketch: QuantilesSketch = make_sketch()
-        self.count = np.zeros(num_features, dtype=np.int64)
-        self.nan_count = np.zeros(num_features, dtype=np.int64)
-        self.total = np.zeros(num_features, dtype=np.float64)
-        self.total_abs = np.zeros(num_features, dtype=np.float64)
-        # Sum of squared deviations from the mean (Welford / Chan et al.).
-        self.m2 = np.zeros(num_features, dtype=np.float64)
-        self.min = np.full(num_features, np.inf, dtype=np.float64)
-        self.max = np.full(num_features, -np.inf, dtype=np.float64)
-        self.sketches: list[QuantilesSketch] = [make_sketch() for _ in range(num_features)]
+    def __init__(self, width: int, make_sketch: Callable[[], _BufferedSketch]) -> None:
+        self.count = np.zeros(width, dtype=np.int64)
+        self.nan_count = np.zeros(width, dtype=np.int64)
+        self.missing = np.zeros(width, dtype=np.int64)  # rows without a value (inputs)
+        self.total = np.zeros(width, dtype=np.float64)
+        self.total_abs = np.zeros(width, dtype=np.float64)
+        self.m2 = np.zeros(width, dtype=np.float64)
+        self.min = np.full(width, np.inf, dtype=np.float64)
+        self.max = np.full(width, -np.inf, dtype=np.float64)
+        self.sketches: list[_BufferedSketch] = [make_sketch() for _ in range(width)]
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -248,7 +364,7 @@ class _SliceAccumulator:
             setattr(self, name, value)
 
     def merge_moments(self, count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> None:
-        """Merges per-feature (count, sum, M2) of disjoint data into this slice (Chan et al.)."""
+        """Merges per-column (count, sum, M2) of disjoint data (Chan et al.)."""
         n_a, n_b = self.count, count
         n = n_a + n_b
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -260,15 +376,25 @@ class _SliceAccumulator:
         self.total = self.total + total
         self.count = n
 
-    def merge(self, other: _SliceAccumulator) -> None:
-        """Merges `other` (left unchanged) into this slice accumulator."""
-        self.examples += other.examples
-        self.prediction_sum += other.prediction_sum
-        self.prediction_count += other.prediction_count
-        self.abs_delta_max = max(self.abs_delta_max, other.abs_delta_max)
-        self.abs_delta_sketch.Merge(other.abs_delta_sketch)
+    def add(self, group: _GroupMoments, g: int) -> None:
+        """Adds group `g` of a batch's `_GroupMoments`."""
+        self.nan_count += group.nan_count[g]
+        self.missing += group.missing[g]
+        self.total_abs += group.total_abs[g]
+        self.min = np.minimum(self.min, group.mins[g])
+        self.max = np.maximum(self.max, group.maxs[g])
+        self.merge_moments(group.count[g], group.total[g], group.m2[g])
+        start, end = group.starts[g], group.ends[g]
+        for j, sketch in enumerate(self.sketches):
+            if group.count[g, j]:
+                run = group.values_by_column[j, start:end][group.valid_by_column[j, start:end]]
+                sketch.AddValues(pa.array(run))
+
+    def merge(self, other: _Moments) -> None:
+        """Merges `other` (left unchanged) into these moments."""
         self.merge_moments(other.count, other.total, other.m2)
         self.nan_count = self.nan_count + other.nan_count
+        self.missing = self.missing + other.missing
         self.total_abs = self.total_abs + other.total_abs
         self.min = np.minimum(self.min, other.min)
         self.max = np.maximum(self.max, other.max)
@@ -276,19 +402,167 @@ class _SliceAccumulator:
             mine.Merge(theirs)
 
     def compact(self) -> None:
-        """Compacts every sketch of the slice."""
-        self.abs_delta_sketch.Compact()
         for sketch in self.sketches:
             sketch.Compact()
 
 
+class _GroupMoments(NamedTuple):
+    """Per-group reductions of a [rows, columns] value matrix whose rows are sorted by group."""
+
+    count: np.ndarray  # [groups, columns] finite values
+    nan_count: np.ndarray  # [groups, columns] NaN values that are not missing
+    total: np.ndarray
+    total_abs: np.ndarray
+    m2: np.ndarray
+    mins: np.ndarray
+    maxs: np.ndarray
+    missing: np.ndarray  # [groups, columns] rows without a value
+    values_by_column: np.ndarray  # [columns, rows], column-major copy of the sorted values
+    valid_by_column: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+
+def _group_moments(
+    values: np.ndarray, missing: np.ndarray | None, starts: np.ndarray, ends: np.ndarray
+) -> _GroupMoments:
+    """Reduces `values` [rows, columns] (sorted by group; NaN excluded) per group at `starts`."""
+    sizes = ends - starts
+    valid = ~np.isnan(values)
+    clean = np.where(valid, values, 0.0)
+    count = np.add.reduceat(valid, starts, axis=0).astype(np.int64)
+    total = np.add.reduceat(clean, starts, axis=0)
+    total_abs = np.add.reduceat(np.abs(clean), starts, axis=0)
+    mins = np.minimum.reduceat(np.where(valid, values, np.inf), starts, axis=0)
+    maxs = np.maximum.reduceat(np.where(valid, values, -np.inf), starts, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    deviation = np.where(valid, values - np.repeat(means, sizes, axis=0), 0.0)
+    m2 = np.add.reduceat(deviation * deviation, starts, axis=0)
+    if missing is None:
+        absent = np.zeros_like(count)
+    else:
+        absent = np.add.reduceat(missing, starts, axis=0).astype(np.int64)
+    nan_count = sizes[:, None] - count - absent
+    return _GroupMoments(
+        count,
+        nan_count,
+        total,
+        total_abs,
+        m2,
+        mins,
+        maxs,
+        absent,
+        np.ascontiguousarray(values.T),
+        np.ascontiguousarray(valid.T),
+        starts,
+        ends,
+    )
+
+
+class _Categories:
+    """Mergeable value counts of one categorical input: top values and a distinct estimate."""
+
+    __slots__ = ("count", "missing", "top", "unique")
+
+    def __init__(self, top_values: int) -> None:
+        self.count = 0
+        self.missing = 0
+        self.top = MisraGriesSketch(max(top_values, 1) * 4)
+        self.unique = KmvSketch(_KMV_BUCKETS)
+
+    def __getstate__(self) -> dict:
+        return {
+            "count": self.count,
+            "missing": self.missing,
+            "top": self.top.Serialize(),
+            "unique": self.unique.Serialize(),
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.count = state["count"]
+        self.missing = state["missing"]
+        self.top = MisraGriesSketch.Deserialize(state["top"])
+        self.unique = KmvSketch.Deserialize(state["unique"])
+
+    def merge(self, other: _Categories) -> None:
+        self.count += other.count
+        self.missing += other.missing
+        self.top.Merge(other.top)
+        self.unique.Merge(other.unique)
+
+
+class _SliceAccumulator:
+    """Mergeable statistics of one slice (or one replicate of a slice)."""
+
+    __slots__ = (
+        "abs_delta_max",
+        "abs_delta_sketch",
+        "attributions",
+        "categories",
+        "examples",
+        "inputs",
+        "prediction_count",
+        "prediction_sum",
+        "vectors",
+    )
+
+    def __init__(self, fn: AttributionStatsCombineFn) -> None:
+        self.examples = 0
+        self.prediction_sum = 0.0
+        self.prediction_count = 0
+        self.abs_delta_max = -math.inf
+        self.abs_delta_sketch = fn._make_sketch()
+        self.attributions = _Moments(len(fn._features), fn._make_sketch)
+        self.inputs = _Moments(len(fn._numeric), fn._make_sketch)
+        self.vectors = [_Moments(1, fn._make_sketch) for _ in fn._vectors]
+        self.categories = [_Categories(fn._top_values) for _ in fn._categorical]
+
+    def __getstate__(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def merge(self, other: _SliceAccumulator) -> None:
+        """Merges `other` (left unchanged) into this slice accumulator."""
+        self.examples += other.examples
+        self.prediction_sum += other.prediction_sum
+        self.prediction_count += other.prediction_count
+        self.abs_delta_max = max(self.abs_delta_max, other.abs_delta_max)
+        self.abs_delta_sketch.Merge(other.abs_delta_sketch)
+        self.attributions.merge(other.attributions)
+        self.inputs.merge(other.inputs)
+        for mine, theirs in zip(self.vectors, other.vectors, strict=True):
+            mine.merge(theirs)
+        for mine, theirs in zip(self.categories, other.categories, strict=True):
+            mine.merge(theirs)
+
+    def compact(self) -> None:
+        """Compacts every quantile sketch of the slice."""
+        self.abs_delta_sketch.Compact()
+        self.attributions.compact()
+        self.inputs.compact()
+        for vector in self.vectors:
+            vector.compact()
+
+
+SliceKey = tuple[str, str, int]  # (slice name, slice value, replicate or ALL_DATA)
+
+
 class _Accumulator:
-    """The accumulator of `AttributionStatsCombineFn`: slice key -> `_SliceAccumulator`."""
+    """The accumulator of `AttributionStatsCombineFn`: slice key -> `_SliceAccumulator`.
+
+    Keys are (slice name, slice value, replicate). With replicates, every example lands in the
+    replicate its key hashes to, and the whole slice is the merge of its replicates (made when
+    the output is extracted); without, the replicate is `ALL_DATA`.
+    """
 
     __slots__ = ("slices",)
 
     def __init__(self) -> None:
-        self.slices: dict[tuple[str, str], _SliceAccumulator] = {}
+        self.slices: dict[SliceKey, _SliceAccumulator] = {}
 
     def __getstate__(self) -> dict:
         return {"slices": self.slices}
@@ -298,11 +572,12 @@ class _Accumulator:
 
 
 class _Grouping(NamedTuple):
-    """Rows of one batch grouped by the values of one slice spec."""
+    """Rows of one batch grouped by the values of one slice spec (and replicate)."""
 
     name: str
-    codes: np.ndarray  # int64 group code per row, 0..len(values)-1.
-    values: list[str]  # slice value per group code.
+    codes: np.ndarray  # int64 group code per row, 0..len(values) * replicates - 1.
+    values: list[str]  # slice value per code // replicates.
+    replicates: int  # 1 without replicates: code == value code.
 
 
 def _value_to_str(value: object) -> str:
@@ -362,6 +637,217 @@ def _require_column(batch: pa.RecordBatch, name: str) -> None:
         )
 
 
+class _FlatInput(NamedTuple):
+    """The values of one input column, flattened: values, their row, and rows without any."""
+
+    values: pa.Array | np.ndarray  # numeric: float64 numpy; categorical: a pyarrow array
+    parents: np.ndarray  # int64 row of each value
+    missing: np.ndarray  # bool per row: null or empty
+
+
+class _BatchData(NamedTuple):
+    """The columns of one batch that the statistics read, as arrays."""
+
+    attributions: np.ndarray  # [rows, features] per-example attributions (NaN: excluded)
+    prediction: np.ndarray
+    abs_delta: np.ndarray
+    numeric: np.ndarray  # [rows, numeric inputs]
+    numeric_missing: np.ndarray  # [rows, numeric inputs] bool
+    vectors: list[_FlatInput]
+    categorical: list[_FlatInput]
+
+
+class _VectorGroups(NamedTuple):
+    index: dict[int, int]  # code -> group of `moments`
+    moments: _GroupMoments
+
+
+def _numeric_values(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A scalar numeric column as float64 values (null -> NaN) and its null mask."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if _is_list(column.type):  # one value per example, stored as a list
+        column = pc.list_element(column, 0) if len(column) else pa.array([], pa.float64())
+    values = column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    missing = column.is_null().to_numpy(zero_copy_only=False)
+    return values, missing
+
+
+def _is_list(data_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(data_type)
+        or pa.types.is_large_list(data_type)
+        or pa.types.is_fixed_size_list(data_type)
+    )
+
+
+def _flat_values(column: pa.Array) -> _FlatInput:
+    """Every value of a (list or scalar) column, with its row; rows without any value."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    if _is_list(column.type):
+        flat = pc.list_flatten(column)
+        parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+        missing = lengths == 0
+    else:
+        flat = column
+        parents = np.arange(n, dtype=np.int64)
+        missing = column.is_null().to_numpy(zero_copy_only=False)
+    valid = flat.is_valid().to_numpy(zero_copy_only=False)
+    if not valid.all():  # a null element of a list: not a value
+        keep = np.flatnonzero(valid)
+        flat, parents = flat.take(pa.array(keep)), parents[keep]
+    if pa.types.is_floating(flat.type) or pa.types.is_integer(flat.type):
+        values: pa.Array | np.ndarray = (
+            flat.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        )
+    else:
+        values = flat
+    return _FlatInput(values, parents, missing)
+
+
+def _missing_per_code(flat: _FlatInput, codes: np.ndarray, n_codes: int) -> np.ndarray:
+    return np.bincount(codes, weights=flat.missing, minlength=n_codes).astype(np.int64)
+
+
+def _vector_groups(
+    flat: _FlatInput, codes: np.ndarray, n_codes: int
+) -> tuple[_VectorGroups, np.ndarray]:
+    """The values of a list-valued numeric input grouped by the code of their row."""
+    value_codes = codes[flat.parents]
+    order = np.argsort(value_codes, kind="stable")
+    sorted_codes = value_codes[order]
+    present, starts = np.unique(sorted_codes, return_index=True)
+    ends = np.append(starts[1:], len(sorted_codes))
+    values = np.asarray(flat.values)[order][:, np.newaxis]
+    moments = _group_moments(values, None, starts, ends)
+    index = {int(code): g for g, code in enumerate(present)}
+    return _VectorGroups(index, moments), _missing_per_code(flat, codes, n_codes)
+
+
+def _category_groups(
+    flat: _FlatInput, codes: np.ndarray, n_codes: int
+) -> tuple[dict[int, pa.Array], np.ndarray]:
+    """The values of a categorical input grouped by the code of their row."""
+    value_codes = codes[flat.parents]
+    order = np.argsort(value_codes, kind="stable")
+    sorted_codes = value_codes[order]
+    present, starts = np.unique(sorted_codes, return_index=True)
+    ends = np.append(starts[1:], len(sorted_codes))
+    values = flat.values
+    groups = {
+        int(code): values.take(pa.array(order[start:end]))
+        for code, start, end in zip(present, starts, ends, strict=True)
+    }
+    return groups, _missing_per_code(flat, codes, n_codes)
+
+
+def _text(value: object) -> str:
+    return (
+        value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
+    )
+
+
+class _Tables:
+    """Columns of the output tables, filled slice by slice."""
+
+    def __init__(self) -> None:
+        self.features: dict[str, list] = {n: [] for n in FEATURE_STATS_SCHEMA.names}
+        self.slices: dict[str, list] = {n: [] for n in SLICE_STATS_SCHEMA.names}
+        self.feature_replicates: dict[str, list] = {n: [] for n in FEATURE_REPLICATES_SCHEMA.names}
+        self.slice_replicates: dict[str, list] = {n: [] for n in SLICE_REPLICATES_SCHEMA.names}
+        self.histogram_rows: list[dict] = []
+        self.input_rows: list[dict] = []
+
+    def add_histogram(
+        self, replicate: int, key: tuple[str, str], feature: str, **values: object
+    ) -> None:
+        """Adds one histogram row."""
+        self.histogram_rows.append(
+            {
+                "replicate": replicate,
+                "slice_name": key[0],
+                "slice_value": key[1],
+                "feature": feature,
+                **values,
+            }
+        )
+
+    def _input_row(
+        self, replicate: int, key: tuple[str, str], feature: str, kind: str, examples: int
+    ) -> dict:
+        row = {
+            "replicate": replicate,
+            "slice_name": key[0],
+            "slice_value": key[1],
+            "feature": feature,
+            "kind": kind,
+            "examples": int(examples),
+            "mean": math.nan,
+            "std": math.nan,
+            "min": math.nan,
+            "max": math.nan,
+            "unique": None,
+            "top_values": [],
+        }
+        self.input_rows.append(row)
+        return row
+
+    def add_numeric_input(
+        self,
+        replicate: int,
+        key: tuple[str, str],
+        feature: str,
+        examples: int,
+        block: _Moments,
+        j: int,
+    ) -> None:
+        row = self._input_row(replicate, key, feature, KIND_NUMERIC, examples)
+        count = int(block.count[j])
+        row.update(missing=int(block.missing[j]), count=count, nan_count=int(block.nan_count[j]))
+        if count:
+            row.update(
+                mean=float(block.total[j] / count),
+                std=float(math.sqrt(max(block.m2[j], 0.0) / count)),
+                min=float(block.min[j]),
+                max=float(block.max[j]),
+            )
+
+    def add_categorical_input(
+        self,
+        replicate: int,
+        key: tuple[str, str],
+        feature: str,
+        examples: int,
+        counts: _Categories,
+        top_values: int,
+    ) -> None:
+        row = self._input_row(replicate, key, feature, KIND_CATEGORICAL, examples)
+        row.update(missing=counts.missing, count=counts.count, nan_count=0)
+        if counts.count:
+            estimate = counts.top.Estimate()
+            pairs = zip(estimate.field(0).to_pylist(), estimate.field(1).to_pylist(), strict=True)
+            top = sorted(((_text(v), round(c)) for v, c in pairs), key=lambda p: (-p[1], p[0]))
+            row["top_values"] = [{"value": v, "count": c} for v, c in top[:top_values]]
+            row["unique"] = int(counts.unique.Estimate())
+
+    def statistics(self) -> AttributionStatistics:
+        return AttributionStatistics(
+            features=pa.Table.from_pydict(self.features, schema=FEATURE_STATS_SCHEMA),
+            slices=pa.Table.from_pydict(self.slices, schema=SLICE_STATS_SCHEMA),
+            histograms=pa.Table.from_pylist(self.histogram_rows, schema=HISTOGRAM_SCHEMA),
+            inputs=pa.Table.from_pylist(self.input_rows, schema=INPUT_STATS_SCHEMA),
+            feature_replicates=pa.Table.from_pydict(
+                self.feature_replicates, schema=FEATURE_REPLICATES_SCHEMA
+            ),
+            slice_replicates=pa.Table.from_pydict(
+                self.slice_replicates, schema=SLICE_REPLICATES_SCHEMA
+            ),
+        )
+
+
 def _slice_name_rank(name: str, spec_names: Sequence[str]) -> int:
     if name == ALL_SLICE[0]:
         return 0
@@ -380,12 +866,12 @@ def _slice_value_key(name: str, value: str) -> tuple:
 
 
 class AttributionStatsCombineFn(beam.CombineFn):
-    """Combines record batches of per-example attributions into `AttributionStatistics`.
+    """Combines record batches of per-example results into `AttributionStatistics`.
 
-    The accumulator holds, per slice, exact counts, sums, |sums|, min/max and M2 (merged with
-    Chan et al.'s parallel update, so `std` is numerically stable), plus one
-    `QuantilesSketch` per feature and one for |delta|. Accumulators are picklable and merge in
-    any order; `compact` compacts the sketches before they are shuffled.
+    Per slice it keeps exact counts, sums, |sums|, min/max and M2 of every attribution (and, when
+    configured, of every numeric input), quantile sketches, and the top values and a distinct
+    count of every categorical input. Accumulators are picklable and merge in any order;
+    `compact` compacts the sketches before they are shuffled.
     """
 
     def __init__(
@@ -397,6 +883,12 @@ class AttributionStatsCombineFn(beam.CombineFn):
         quantiles: int = 10,
         epsilon: float = DEFAULT_EPSILON,
         max_num_elements: int = 1 << 32,
+        replicates: int = 0,
+        histogram_buckets: int = DEFAULT_HISTOGRAM_BUCKETS,
+        numeric_inputs: Sequence[tuple[str, str]] = (),
+        vector_inputs: Sequence[tuple[str, str]] = (),
+        categorical_inputs: Sequence[tuple[str, str]] = (),
+        top_values: int = DEFAULT_TOP_VALUES,
     ) -> None:
         """Initialises the combine fn.
 
@@ -408,6 +900,16 @@ class AttributionStatsCombineFn(beam.CombineFn):
           quantiles: Number of quantile buckets (>= 2); ``quantiles + 1`` boundaries are output.
           epsilon: Rank error bound of the quantile sketches, as a fraction of the count.
           max_num_elements: Capacity hint of each `QuantilesSketch`.
+          replicates: Number of key-hash replicates (0: none). Each example also counts in the
+            replicate ``crc32("replicate:" + key) % replicates``, and every statistic is kept
+            per replicate too (the ``key`` column is needed).
+          histogram_buckets: Equal-mass buckets of the histograms (`HISTOGRAM_SCHEMA`).
+          numeric_inputs: (feature, column) of scalar numeric inputs to describe.
+          vector_inputs: (feature, column) of list-valued numeric inputs (statistics over every
+            value of the lists).
+          categorical_inputs: (feature, column) of string (or integer id) inputs: top values
+            and a distinct estimate.
+          top_values: Top values kept per categorical input.
 
         Raises:
           ValueError: On an invalid configuration.
@@ -420,8 +922,12 @@ class AttributionStatsCombineFn(beam.CombineFn):
             raise ValueError(f"Duplicate features: {features}")
         if quantiles < 2:
             raise ValueError(f"quantiles must be >= 2, got {quantiles}")
+        if histogram_buckets < 2:
+            raise ValueError(f"histogram_buckets must be >= 2, got {histogram_buckets}")
         if not epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
+        if replicates < 0 or replicates == 1:
+            raise ValueError(f"replicates must be 0 (none) or >= 2, got {replicates}")
         specs: list[tuple[str, ...]] = []
         for spec in slices:
             if isinstance(spec, str):
@@ -442,6 +948,12 @@ class AttributionStatsCombineFn(beam.CombineFn):
         self._quantiles = int(quantiles)
         self._epsilon = float(epsilon)
         self._max_num_elements = int(max_num_elements)
+        self._replicates = int(replicates)
+        self._histogram_buckets = int(histogram_buckets)
+        self._numeric = [tuple(i) for i in numeric_inputs]
+        self._vectors = [tuple(i) for i in vector_inputs]
+        self._categorical = [tuple(i) for i in categorical_inputs]
+        self._top_values = int(top_values)
         self._spec_names = [",".join(spec) for spec in specs]
         if slice_by_target:
             self._spec_names.append(TARGET_SLICE_NAME)
@@ -455,15 +967,27 @@ class AttributionStatsCombineFn(beam.CombineFn):
         return _BufferedSketch(self._epsilon, self._max_num_elements)
 
     def _new_slice(self) -> _SliceAccumulator:
-        return _SliceAccumulator(len(self._features), self._make_sketch)
+        return _SliceAccumulator(self)
 
     def create_accumulator(self) -> _Accumulator:
         """Returns an empty accumulator."""
         return _Accumulator()
 
+    def _replicate_of_rows(self, batch: pa.RecordBatch) -> np.ndarray | None:
+        if not self._replicates:
+            return None
+        _require_column(batch, "key")
+        keys = batch.column("key").to_pylist()
+        hashes = np.fromiter(
+            (zlib.crc32(_REPLICATE_SALT + str(k).encode()) for k in keys),
+            dtype=np.int64,
+            count=len(keys),
+        )
+        return hashes % self._replicates
+
     def _groupings(self, batch: pa.RecordBatch) -> list[_Grouping]:
         num_rows = batch.num_rows
-        groupings = [_Grouping(ALL_SLICE[0], np.zeros(num_rows, np.int64), [ALL_SLICE[1]])]
+        raw = [(ALL_SLICE[0], np.zeros(num_rows, np.int64), [ALL_SLICE[1]])]
         for spec in self._specs:
             per_column = []
             for name in spec:
@@ -479,20 +1003,25 @@ class AttributionStatsCombineFn(beam.CombineFn):
                     ",".join(per_column[i][1][code] for i, code in enumerate(combo))
                     for combo in combos
                 ]
-            groupings.append(_Grouping(",".join(spec), codes, values))
+            raw.append((",".join(spec), codes, values))
         if self._slice_by_target:
             _require_column(batch, TARGET_SLICE_NAME)
             codes, values = _column_codes(batch.column(TARGET_SLICE_NAME))
-            groupings.append(_Grouping(TARGET_SLICE_NAME, codes, values))
-        return groupings
+            raw.append((TARGET_SLICE_NAME, codes, values))
+        replicate = self._replicate_of_rows(batch)
+        if replicate is None:
+            return [_Grouping(name, codes, values, 1) for name, codes, values in raw]
+        r = self._replicates
+        return [_Grouping(name, codes * r + replicate, values, r) for name, codes, values in raw]
 
     def add_input(self, accumulator: _Accumulator, batch: pa.RecordBatch) -> _Accumulator:
-        """Adds one record batch of per-example attributions to `accumulator`.
+        """Adds one record batch of per-example results to `accumulator`.
 
         Args:
           accumulator: The accumulator to update (mutated and returned).
           batch: A record batch with ``prediction``, ``delta``, ``target`` (when slicing by
-            target), every ``attr_<feature>`` and every slice column.
+            target), ``key`` (with replicates), every ``attr_<feature>``, every slice column and
+            every configured input column.
 
         Returns:
           The updated accumulator.
@@ -512,57 +1041,68 @@ class AttributionStatsCombineFn(beam.CombineFn):
             column_name = ATTRIBUTION_PREFIX + feature
             _require_column(batch, column_name)
             attributions[:, j] = _attribution_values(batch.column(column_name), num_rows)
-        prediction = _float_column(batch, "prediction")
-        abs_delta = np.abs(_float_column(batch, "delta"))
-
+        numeric = np.empty((num_rows, len(self._numeric)), dtype=np.float64)
+        numeric_missing = np.zeros((num_rows, len(self._numeric)), dtype=bool)
+        for j, (_, column_name) in enumerate(self._numeric):
+            _require_column(batch, column_name)
+            numeric[:, j], numeric_missing[:, j] = _numeric_values(batch.column(column_name))
+        vectors = [self._flat_input(batch, column_name) for _, column_name in self._vectors]
+        categorical = [self._flat_input(batch, column_name) for _, column_name in self._categorical]
+        batch_data = _BatchData(
+            attributions,
+            _float_column(batch, "prediction"),
+            np.abs(_float_column(batch, "delta")),
+            numeric,
+            numeric_missing,
+            vectors,
+            categorical,
+        )
         for grouping in self._groupings(batch):
-            self._add_grouping(accumulator, grouping, attributions, prediction, abs_delta)
+            self._add_grouping(accumulator, grouping, batch_data)
         return accumulator
 
+    @staticmethod
+    def _flat_input(batch: pa.RecordBatch, column_name: str) -> _FlatInput:
+        _require_column(batch, column_name)
+        return _flat_values(batch.column(column_name))
+
+    def _slice_state(self, accumulator: _Accumulator, key: SliceKey) -> _SliceAccumulator:
+        state = accumulator.slices.get(key)
+        if state is None:
+            state = accumulator.slices[key] = self._new_slice()
+        return state
+
     def _add_grouping(
-        self,
-        accumulator: _Accumulator,
-        grouping: _Grouping,
-        attributions: np.ndarray,
-        prediction: np.ndarray,
-        abs_delta: np.ndarray,
+        self, accumulator: _Accumulator, grouping: _Grouping, data: _BatchData
     ) -> None:
         """Adds the rows of one batch, grouped by `grouping`, to their slices."""
-        order = np.argsort(grouping.codes, kind="stable")
-        sorted_codes = grouping.codes[order]
+        codes = grouping.codes
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
         present, starts = np.unique(sorted_codes, return_index=True)
         ends = np.append(starts[1:], len(sorted_codes))
         sizes = ends - starts
 
-        values = attributions[order]  # (N, F)
-        valid = ~np.isnan(values)
-        clean = np.where(valid, values, 0.0)
-        count = np.add.reduceat(valid, starts, axis=0).astype(np.int64)
-        total = np.add.reduceat(clean, starts, axis=0)
-        total_abs = np.add.reduceat(np.abs(clean), starts, axis=0)
-        mins = np.minimum.reduceat(np.where(valid, values, np.inf), starts, axis=0)
-        maxs = np.maximum.reduceat(np.where(valid, values, -np.inf), starts, axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.where(count > 0, total / np.maximum(count, 1), 0.0)
-        deviation = np.where(valid, values - np.repeat(means, sizes, axis=0), 0.0)
-        m2 = np.add.reduceat(deviation * deviation, starts, axis=0)
-        # Feature-major, contiguous copy so each (group, feature) run is one slice.
-        values_by_feature = np.ascontiguousarray(values.T)
-        valid_by_feature = np.ascontiguousarray(valid.T)
-
-        sorted_prediction = prediction[order]
+        attribution = _group_moments(data.attributions[order], None, starts, ends)
+        numeric = None
+        if data.numeric.shape[1]:
+            numeric = _group_moments(data.numeric[order], data.numeric_missing[order], starts, ends)
+        sorted_prediction = data.prediction[order]
         prediction_valid = ~np.isnan(sorted_prediction)
         prediction_sum = np.add.reduceat(np.where(prediction_valid, sorted_prediction, 0.0), starts)
         prediction_count = np.add.reduceat(prediction_valid.astype(np.int64), starts)
-        sorted_delta = abs_delta[order]
+        sorted_delta = data.abs_delta[order]
         delta_valid = ~np.isnan(sorted_delta)
         delta_max = np.maximum.reduceat(np.where(delta_valid, sorted_delta, -np.inf), starts)
+        n_codes = int(codes.max()) + 1
+        vectors = [_vector_groups(v, codes, n_codes) for v in data.vectors]
+        categorical = [_category_groups(c, codes, n_codes) for c in data.categorical]
 
+        replicates = grouping.replicates
         for g, code in enumerate(present):
-            key = (grouping.name, grouping.values[code])
-            state = accumulator.slices.get(key)
-            if state is None:
-                state = accumulator.slices[key] = self._new_slice()
+            replicate = int(code % replicates) if self._replicates else ALL_DATA
+            key = (grouping.name, grouping.values[code // replicates], replicate)
+            state = self._slice_state(accumulator, key)
             start, end = starts[g], ends[g]
             state.examples += int(sizes[g])
             state.prediction_sum += float(prediction_sum[g])
@@ -571,15 +1111,20 @@ class AttributionStatsCombineFn(beam.CombineFn):
             group_delta = sorted_delta[start:end][delta_valid[start:end]]
             if group_delta.size:
                 state.abs_delta_sketch.AddValues(pa.array(group_delta))
-            state.nan_count += sizes[g] - count[g]
-            state.total_abs += total_abs[g]
-            state.min = np.minimum(state.min, mins[g])
-            state.max = np.maximum(state.max, maxs[g])
-            state.merge_moments(count[g], total[g], m2[g])
-            for j, sketch in enumerate(state.sketches):
-                if count[g, j]:
-                    run = values_by_feature[j, start:end][valid_by_feature[j, start:end]]
-                    sketch.AddValues(pa.array(run))
+            state.attributions.add(attribution, g)
+            if numeric is not None:
+                state.inputs.add(numeric, g)
+            for moments, (groups, missing) in zip(state.vectors, vectors, strict=True):
+                moments.missing += missing[code]
+                if code in groups.index:
+                    moments.add(groups.moments, groups.index[code])
+            for counts, (groups, missing) in zip(state.categories, categorical, strict=True):
+                counts.missing += int(missing[code])
+                values = groups.get(code)
+                if values is not None and len(values):
+                    counts.count += len(values)
+                    counts.top.AddValues(values)
+                    counts.unique.AddValues(values)
 
     def merge_accumulators(self, accumulators: Iterable[_Accumulator]) -> _Accumulator:
         """Merges accumulators; only the first one is mutated (and returned)."""
@@ -602,7 +1147,7 @@ class AttributionStatsCombineFn(beam.CombineFn):
             state.compact()
         return accumulator
 
-    def _final_quantiles(self, sketch: QuantilesSketch, buckets: int) -> np.ndarray:
+    def _final_quantiles(self, sketch: _BufferedSketch, buckets: int) -> np.ndarray:
         """Returns the ``buckets + 1`` boundaries of a copy of `sketch` (NaNs when empty).
 
         `GetQuantiles` finalises a sketch, so it runs on a copy to keep `sketch` usable.
@@ -617,83 +1162,132 @@ class AttributionStatsCombineFn(beam.CombineFn):
             return np.full(buckets + 1, np.nan)
         return result.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
 
-    def _feature_quantiles(self, state: _SliceAccumulator) -> list[np.ndarray]:
-        """The quantile boundaries of every feature of a slice.
+    def _quantiles_of(self, moments: _Moments, buckets: int) -> list[np.ndarray]:
+        """The quantile boundaries of every column of `moments`.
 
-        Features whose values are still raw and equally many (the usual case: no NaNs) are
-        done in one vectorised call; the others one by one.
+        Columns whose values are still raw and equally many (the usual case: no NaNs) are done
+        in one vectorised call; the others one by one.
         """
-        raws = [sketch.raw_values() for sketch in state.sketches]
+        raws = [sketch.raw_values() for sketch in moments.sketches]
         sizes = {len(r) for r in raws if r is not None}
         if raws and all(r is not None for r in raws) and len(sizes) == 1:
-            return list(_exact_quantiles(np.stack(raws), self._quantiles))
-        return [self._final_quantiles(sketch, self._quantiles) for sketch in state.sketches]
+            return list(_exact_quantiles(np.stack(raws), buckets))
+        return [self._final_quantiles(sketch, buckets) for sketch in moments.sketches]
+
+    def _merged(self, states: Sequence[_SliceAccumulator]) -> _SliceAccumulator:
+        if len(states) == 1:
+            return states[0]
+        merged = self._new_slice()
+        for state in states:
+            merged.merge(state)
+        return merged
 
     def extract_output(self, accumulator: _Accumulator) -> AttributionStatistics:
         """Renders the accumulator as `AttributionStatistics` (empty tables when empty)."""
+        by_slice: dict[tuple[str, str], list[tuple[int, _SliceAccumulator]]] = {}
+        for (name, value, replicate), state in accumulator.slices.items():
+            by_slice.setdefault((name, value), []).append((replicate, state))
         keys = sorted(
-            accumulator.slices,
+            by_slice,
             key=lambda k: (
                 _slice_name_rank(k[0], self._spec_names),
                 k[0],
                 _slice_value_key(k[0], k[1]),
             ),
         )
-        num_features = len(self._features)
-        feature_columns: dict[str, list] = {name: [] for name in FEATURE_STATS_SCHEMA.names}
-        slice_columns: dict[str, list] = {name: [] for name in SLICE_STATS_SCHEMA.names}
+        tables = _Tables()
         for key in keys:
-            state = accumulator.slices[key]
-            quantiles = self._feature_quantiles(state)
-            count = state.count
-            has_data = count > 0
-            with np.errstate(invalid="ignore", divide="ignore"):
-                denominator = np.where(has_data, count, 1)
-                mean = np.where(has_data, state.total / denominator, np.nan)
-                mean_abs = np.where(has_data, state.total_abs / denominator, np.nan)
-                std = np.where(has_data, np.sqrt(np.maximum(state.m2, 0.0) / denominator), np.nan)
-                abs_sum = float(np.nansum(mean_abs))
-                share = mean_abs / abs_sum if abs_sum > 0 else np.full(num_features, np.nan)
-            mins = np.where(has_data, state.min, np.nan)
-            maxs = np.where(has_data, state.max, np.nan)
-            # Rank 1 = largest mean |attribution|; ties by feature order; no data ranks last.
-            sort_key = np.where(has_data, -np.nan_to_num(mean_abs, nan=0.0), np.inf)
-            order = np.argsort(sort_key, kind="stable")
-            ranks = np.empty(num_features, dtype=np.int64)
-            ranks[order] = np.arange(1, num_features + 1)
-            for j in order:
-                feature_columns["slice_name"].append(key[0])
-                feature_columns["slice_value"].append(key[1])
-                feature_columns["feature"].append(self._features[j])
-                feature_columns["count"].append(int(count[j]))
-                feature_columns["nan_count"].append(int(state.nan_count[j]))
-                feature_columns["mean_attributions"].append(float(mean[j]))
-                feature_columns["mean_absolute_attributions"].append(float(mean_abs[j]))
-                feature_columns["total_attributions"].append(float(state.total[j]))
-                feature_columns["std"].append(float(std[j]))
-                feature_columns["min"].append(float(mins[j]))
-                feature_columns["max"].append(float(maxs[j]))
-                feature_columns["quantiles"].append(quantiles[j].tolist())
-                feature_columns["share"].append(float(share[j]))
-                feature_columns["rank"].append(int(ranks[j]))
-            delta_quantiles = self._final_quantiles(state.abs_delta_sketch, _DELTA_BUCKETS)
-            slice_columns["slice_name"].append(key[0])
-            slice_columns["slice_value"].append(key[1])
-            slice_columns["examples"].append(int(state.examples))
-            slice_columns["prediction_mean"].append(
-                state.prediction_sum / state.prediction_count
-                if state.prediction_count
-                else math.nan
-            )
-            slice_columns["abs_delta_p50"].append(float(delta_quantiles[_DELTA_P50_INDEX]))
-            slice_columns["abs_delta_p95"].append(float(delta_quantiles[_DELTA_P95_INDEX]))
-            slice_columns["abs_delta_max"].append(
-                state.abs_delta_max if math.isfinite(state.abs_delta_max) else math.nan
-            )
-        return AttributionStatistics(
-            features=pa.Table.from_pydict(feature_columns, schema=FEATURE_STATS_SCHEMA),
-            slices=pa.Table.from_pydict(slice_columns, schema=SLICE_STATS_SCHEMA),
+            parts = sorted(by_slice[key], key=lambda p: p[0])
+            whole = self._merged([state for _, state in parts])
+            self._render(tables, key, ALL_DATA, whole)
+            if self._replicates:
+                for replicate, state in parts:
+                    self._render(tables, key, replicate, state)
+        return tables.statistics()
+
+    def _render(
+        self, tables: _Tables, key: tuple[str, str], replicate: int, state: _SliceAccumulator
+    ) -> None:
+        """Adds the rows of one slice (or one replicate of it) to `tables`."""
+        whole = replicate == ALL_DATA
+        features = tables.features if whole else tables.feature_replicates
+        slices = tables.slices if whole else tables.slice_replicates
+        moments = state.attributions
+        quantiles = self._quantiles_of(moments, self._quantiles)
+        count = moments.count
+        has_data = count > 0
+        num_features = len(self._features)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            denominator = np.where(has_data, count, 1)
+            mean = np.where(has_data, moments.total / denominator, np.nan)
+            mean_abs = np.where(has_data, moments.total_abs / denominator, np.nan)
+            std = np.where(has_data, np.sqrt(np.maximum(moments.m2, 0.0) / denominator), np.nan)
+            abs_sum = float(np.nansum(mean_abs))
+            share = mean_abs / abs_sum if abs_sum > 0 else np.full(num_features, np.nan)
+        mins = np.where(has_data, moments.min, np.nan)
+        maxs = np.where(has_data, moments.max, np.nan)
+        # Rank 1 = largest mean |attribution|; ties by feature order; no data ranks last.
+        sort_key = np.where(has_data, -np.nan_to_num(mean_abs, nan=0.0), np.inf)
+        order = np.argsort(sort_key, kind="stable")
+        ranks = np.empty(num_features, dtype=np.int64)
+        ranks[order] = np.arange(1, num_features + 1)
+        for j in order:
+            if not whole:
+                features["replicate"].append(replicate)
+            features["slice_name"].append(key[0])
+            features["slice_value"].append(key[1])
+            features["feature"].append(self._features[j])
+            features["count"].append(int(count[j]))
+            features["nan_count"].append(int(moments.nan_count[j]))
+            features["mean_attributions"].append(float(mean[j]))
+            features["mean_absolute_attributions"].append(float(mean_abs[j]))
+            features["total_attributions"].append(float(moments.total[j]))
+            features["std"].append(float(std[j]))
+            features["min"].append(float(mins[j]))
+            features["max"].append(float(maxs[j]))
+            features["quantiles"].append(quantiles[j].tolist())
+            features["share"].append(float(share[j]))
+            features["rank"].append(int(ranks[j]))
+        delta_quantiles = self._final_quantiles(state.abs_delta_sketch, _DELTA_BUCKETS)
+        if not whole:
+            slices["replicate"].append(replicate)
+        slices["slice_name"].append(key[0])
+        slices["slice_value"].append(key[1])
+        slices["examples"].append(int(state.examples))
+        slices["prediction_mean"].append(
+            state.prediction_sum / state.prediction_count if state.prediction_count else math.nan
         )
+        slices["abs_delta_p50"].append(float(delta_quantiles[_DELTA_P50_INDEX]))
+        slices["abs_delta_p95"].append(float(delta_quantiles[_DELTA_P95_INDEX]))
+        slices["abs_delta_max"].append(
+            state.abs_delta_max if math.isfinite(state.abs_delta_max) else math.nan
+        )
+        buckets = self._histogram_buckets
+        sources = [
+            (SOURCE_ATTRIBUTION, self._features, moments),
+            (SOURCE_INPUT, [f for f, _ in self._numeric], state.inputs),
+        ]
+        for (feature, _), vector in zip(self._vectors, state.vectors, strict=True):
+            sources.append((SOURCE_INPUT, [feature], vector))
+        for source, names, block in sources:
+            boundaries = self._quantiles_of(block, buckets) if names else []
+            for j, feature in enumerate(names):
+                has = block.count[j] > 0
+                tables.add_histogram(
+                    replicate,
+                    key,
+                    feature,
+                    source=source,
+                    count=int(block.count[j]),
+                    nan_count=int(block.nan_count[j]),
+                    boundaries=boundaries[j].tolist() if has else [],
+                )
+                if source == SOURCE_INPUT:
+                    tables.add_numeric_input(replicate, key, feature, state.examples, block, j)
+        for (feature, _), counts in zip(self._categorical, state.categories, strict=True):
+            tables.add_categorical_input(
+                replicate, key, feature, state.examples, counts, self._top_values
+            )
 
 
 def _exact_quantiles(values: np.ndarray, buckets: int) -> np.ndarray:
