@@ -21,9 +21,11 @@ Alignment (``align``), exactly TFDV's ``AlignHistograms``
     3. append one bucket per distinct point value of either histogram (0 where absent);
     4. append ``(inf1, 0)`` if the first histogram has infinite mass, then ``(0, inf2)`` if the
        second has;
-    5. if either has NaNs, append two buckets: ``[0, nan1]`` to the first and ``[nan2, 0]`` to
-       the second. NaN masses never overlap (TFDV's convention), so two identical histograms
-       whose NaN fraction is ``f`` have a Jensen-Shannon divergence of ``f``, not 0.
+    5. if either has NaNs, append one NaN bucket to both (``nan1`` and ``nan2``): NaN is kept
+       apart from every value but compared with NaN. TFDV appends two buckets instead,
+       ``[0, nan1]`` and ``[nan2, 0]``, so that NaN masses never overlap and two identical
+       histograms whose NaN fraction is ``f`` score a Jensen-Shannon divergence of ``f``; igbeam
+       deviates here because identical runs must score 0.
 
 Jensen-Shannon divergence (``jensen_shannon_divergence``, ``..._of_counts``), TFDV's
     ``JensenShannonDivergence`` (Lin 1991, "Divergence measures based on the Shannon entropy"):
@@ -250,7 +252,7 @@ def align(h1: Histogram, h2: Histogram) -> tuple[np.ndarray, np.ndarray]:
     """Aligns two histograms onto common buckets exactly as TFDV's ``AlignHistograms`` does.
 
     See the module docstring for the five steps (re-bucketing with uniform mass inside buckets,
-    point masses, infinite masses, then the non-overlapping NaN buckets).
+    point masses, infinite masses, then the shared NaN bucket).
 
     Args:
       h1: The first (e.g. baseline) histogram.
@@ -280,9 +282,9 @@ def align(h1: Histogram, h2: Histogram) -> tuple[np.ndarray, np.ndarray]:
     if infinite2 != 0:
         parts1.append(np.array([0.0]))
         parts2.append(np.array([infinite2]))
-    if h1.nan_count > 0 or h2.nan_count > 0:
-        parts1.append(np.array([0.0, h1.nan_count]))
-        parts2.append(np.array([h2.nan_count, 0.0]))
+    if h1.nan_count > 0 or h2.nan_count > 0:  # one shared NaN bucket (TFDV: two disjoint ones)
+        parts1.append(np.array([h1.nan_count]))
+        parts2.append(np.array([h2.nan_count]))
     return np.concatenate(parts1).astype(np.float64), np.concatenate(parts2).astype(np.float64)
 
 
@@ -337,7 +339,7 @@ def jensen_shannon_divergence(h1: Histogram, h2: Histogram) -> float:
 
     Aligns the histograms (`align`), normalises each to sum 1 and returns
     ``(KL(P || M) + KL(Q || M)) / 2`` with ``M = (P + Q) / 2`` (terms with ``p == 0`` skipped).
-    Symmetric. Note TFDV's NaN convention: NaN masses never overlap (see `align`).
+    Symmetric. NaN masses share one bucket (see `align` for how this departs from TFDV).
 
     Args:
       h1: The first histogram.

@@ -84,8 +84,8 @@ def test_histogram_from_quantiles_equal_mass_and_point_masses():
     assert hist.nan_count == 2.0
     assert hist.total == 10.0
     # Aligned with itself: regular buckets [0,1]: 2, [1,2]: 2; the point at 0: 2 + 2 = 4; then
-    # the NaN pair, [0, nan] for the first and [nan, 0] for the second histogram.
-    assert_aligned(hist, hist, [2, 2, 4, 0, 2], [2, 2, 4, 2, 0])
+    # the shared NaN bucket: 2 in both.
+    assert_aligned(hist, hist, [2, 2, 4, 2], [2, 2, 4, 2])
 
 
 def test_histogram_from_quantiles_empty_feature():
@@ -152,11 +152,12 @@ def test_a_point_mass_never_overlaps_a_range_containing_it():
     assert jensen_shannon_divergence(point, spread) == pytest.approx(1.0, abs=1e-12)
 
 
-def test_align_nan_buckets_never_overlap():
-    # Same boundaries -> [2] vs [3]; NaN present -> h1 gets [0, 1], h2 gets [2, 0].
-    assert_aligned(h([0, 1], [2], nan_count=1), h([0, 1], [3], nan_count=2), [2, 0, 1], [3, 2, 0])
-    # Only the second histogram has NaNs: the pair is still added, h1 [0, 0], h2 [4, 0].
-    assert_aligned(h([0, 1], [2]), h([0, 1], [3], nan_count=4), [2, 0, 0], [3, 4, 0])
+def test_align_nan_bucket_is_shared():
+    # Same boundaries -> [2] vs [3]; NaN present -> one NaN bucket each: h1 1, h2 2 (igbeam;
+    # TFDV would append two disjoint buckets, [0, 1] and [2, 0]).
+    assert_aligned(h([0, 1], [2], nan_count=1), h([0, 1], [3], nan_count=2), [2, 1], [3, 2])
+    # Only the second histogram has NaNs: the bucket is still added, h1 0, h2 4.
+    assert_aligned(h([0, 1], [2]), h([0, 1], [3], nan_count=4), [2, 0], [3, 4])
 
 
 def test_align_infinite_masses():
@@ -170,10 +171,10 @@ def test_align_infinite_masses():
 def test_align_all_kinds_together_in_tfdv_order():
     # h1: [-inf,0): 1 (inf), [0,0]: 2 (point 0), [0,2): 4, nan 1.  h2: [1,3): 2, nan 0.
     # Union [0,1,2,3]: h1 [2, 2, 0], h2 [0, 1, 1]; point 0: h1 2, h2 0; inf: (1, 0);
-    # NaN pair: h1 [0, 1], h2 [0, 0].
+    # NaN bucket: h1 1, h2 0.
     h1 = h([-INF, 0, 0, 2], [1, 2, 4], nan_count=1)
     h2 = h([1, 3], [2])
-    assert_aligned(h1, h2, [2, 2, 0, 2, 1, 0, 1], [0, 1, 1, 0, 0, 0, 0])
+    assert_aligned(h1, h2, [2, 2, 0, 2, 1, 1], [0, 1, 1, 0, 0, 0])
 
 
 def test_align_empty_histograms():
@@ -237,11 +238,16 @@ def test_jsd_rebucketed():
     assert jensen_shannon_divergence(h([0, 2], [4]), h([1, 3], [2])) == pytest.approx(0.5)
 
 
-def test_jsd_of_identical_histograms_with_nans_is_their_nan_fraction():
-    # TFDV's convention: [3, 0, 1] vs [3, 1, 0] -> P = [3/4, 0, 1/4], Q = [3/4, 1/4, 0],
-    # M = [3/4, 1/8, 1/8]: KL(P||M) = 0 + 1/4*log2(2) = 1/4 = KL(Q||M) -> JSD = 1/4.
+def test_jsd_of_identical_histograms_with_nans_is_zero():
+    # One shared NaN bucket: [3, 1] vs [3, 1] -> P = Q -> JSD = 0 (TFDV's disjoint NaN buckets
+    # would give 1/4 here: identical runs must score 0).
     hist = h([0, 1], [3], nan_count=1)
-    assert jensen_shannon_divergence(hist, hist) == pytest.approx(0.25)
+    assert jensen_shannon_divergence(hist, hist) == 0.0
+    # NaN fractions that differ: [3, 1] vs [1, 3] on the same buckets -> P = [3/4, 1/4],
+    # Q = [1/4, 3/4], M = [1/2, 1/2]: KL(P||M) = 3/4 log2(3/2) + 1/4 log2(1/2) = KL(Q||M).
+    other = h([0, 1], [1], nan_count=3)
+    expected = 0.75 * math.log2(1.5) - 0.25
+    assert jensen_shannon_divergence(hist, other) == pytest.approx(expected, rel=1e-12)
 
 
 def test_jsd_of_counts():
