@@ -2,6 +2,7 @@
 
   igbeam run --config configs/NAME.yaml [--set key=value ...] [Beam options ...]
   igbeam export --config configs/NAME.yaml --out DIR [--subdirectory NAME] [--output-name NAME]
+  igbeam compare --baseline RUN_A --current RUN_B [--config thresholds.yaml] --out DIR
 
 Unknown options are handed to Beam untouched (`--runner`, `--direct_num_workers`,
 `--temp_location`, `--setup_file`, ...), so the same command runs on the DirectRunner, Dataflow or
@@ -18,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from pipeline.console import quiet_native_logs
 
@@ -25,6 +27,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the pipeline failed, or the accounting invariant did not hold
 EXIT_USAGE = 2  # bad config or an early check failed; nothing ran
 EXIT_DEAD_LETTERS = 3  # outputs written, but too many records were dead-lettered
+EXIT_DRIFT = 1  # compare/monitor: anomalies found (--drift-exit-code maps it)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +83,34 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--verbose", action="store_true", help="stack traces and TensorFlow's native logs"
     )
+    compare = sub.add_parser(
+        "compare",
+        help="compare two runs' statistics: attribution drift, input drift, IG health",
+    )
+    compare.add_argument("--baseline", required=True, help="the baseline run's output.path")
+    compare.add_argument("--current", required=True, help="the current run's output.path")
+    compare.add_argument("--config", default=None, help="thresholds YAML (ComparisonConfig)")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    _comparison_options(compare)
+    compare.add_argument("--out", required=True, help="where drift.parquet/json/pbtxt go")
+    compare.add_argument("--verbose", action="store_true", help="stack traces")
     return parser
+
+
+def _comparison_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="compare even when the runs' attribution fingerprints differ",
+    )
+    parser.add_argument(
+        "--drift-exit-code",
+        type=int,
+        default=EXIT_DRIFT,
+        metavar="N",
+        help=f"exit code when anomalies are found (default {EXIT_DRIFT}); e.g. 99 for a "
+        "scheduler that treats it as 'skipped'",
+    )
 
 
 def _fail(message: str) -> int:
@@ -156,6 +186,55 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from pipeline.compare import (
+        CompareError,
+        ComparisonConfig,
+        IncompatibleRunsError,
+        compare_runs,
+        write_comparison,
+    )
+    from pipeline.config import ConfigError, load_settings, parse_settings
+
+    try:
+        if args.config:
+            settings = load_settings(ComparisonConfig, args.config, args.overrides)
+        else:
+            settings = parse_settings(ComparisonConfig, {}, args.overrides)
+    except ConfigError as err:
+        return _fail(f"{args.config or '--set'}: {err}")
+    try:
+        comparison = compare_runs(
+            args.baseline, args.current, settings, allow_config_change=args.allow_config_change
+        )
+    except IncompatibleRunsError as err:
+        write_comparison(err.comparison, args.out)
+        return _fail(str(err))
+    except CompareError as err:
+        return _fail(str(err))
+    return report_comparison(comparison, args.out, args.drift_exit_code)
+
+
+def report_comparison(comparison: Any, out: str, drift_exit_code: int) -> int:
+    """Writes a comparison, prints its verdict and returns the exit code (0 or the drift code)."""
+    from pipeline.compare import write_comparison
+
+    paths = write_comparison(comparison, out)
+    for note in comparison.notes:
+        print(f"igbeam: note: {note}")
+    breached = comparison.anomalies
+    print(
+        f"igbeam: compared {comparison.baseline} -> {comparison.current}: "
+        f"{len(comparison.measurements)} measurements, {len(breached)} anomalies; wrote "
+        f"{paths['json']}"
+    )
+    for anomaly in breached[:10]:
+        print(f"  {anomaly['reason']}")
+    if len(breached) > 10:
+        print(f"  ... and {len(breached) - 10} more in {paths['json']}")
+    return drift_exit_code if breached else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `igbeam` console script; returns the exit code."""
     args, beam_args = _parser().parse_known_args(argv)
@@ -173,6 +252,8 @@ def _main(args: argparse.Namespace, beam_args: list[str]) -> int:
             return _fail(f"unrecognized arguments: {' '.join(beam_args)}")
         if args.command == "export":
             return _export(args)
+        if args.command == "compare":
+            return _compare(args)
     except Exception as err:
         if args.verbose:
             raise

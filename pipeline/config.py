@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -74,8 +74,13 @@ __all__ = [
     "TargetConfig",
     "apply_override",
     "load_config",
+    "load_settings",
     "parse_config",
+    "parse_settings",
+    "read_yaml",
 ]
+
+T = TypeVar("T")
 
 ConfigError = SettingsError
 """An invalid job config: `str(error)` is ``"<dotted.key>: <message>"``; `.key`, `.message`."""
@@ -274,13 +279,33 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> JobConfig:
     Raises:
       ConfigError: If the file cannot be read or parsed, or the config is invalid.
     """
+    return load_settings(JobConfig, path, overrides)
+
+
+def load_settings(cls: type[T], path: str, overrides: Sequence[str] = ()) -> T:
+    """Reads a YAML file into any settings dataclass, as `load_config` reads a job config.
+
+    `yaml.safe_load` only; relative paths (`path=True` fields) resolved against the file's
+    directory; `--set`-style overrides applied; every error names the dotted key.
+
+    Raises:
+      ConfigError: If the file cannot be read or parsed, or the settings are invalid.
+    """
+    return parse_settings(cls, read_yaml(path), overrides, os.path.dirname(os.path.abspath(path)))
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """A YAML mapping from a file, with `yaml.safe_load` (a config never constructs objects).
+
+    Raises:
+      ConfigError: the file cannot be read, is not YAML, or is not a mapping.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path!r}: {e}") from e
     try:
-        # safe_load only: a config must never be able to construct Python objects.
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
@@ -288,8 +313,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> JobConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping at top level, got {show(data)}")
-    base_dir = os.path.dirname(os.path.abspath(path))
-    return parse_config(data, overrides, base_dir=base_dir)
+    return data
 
 
 def parse_config(
@@ -310,17 +334,29 @@ def parse_config(
       ConfigError: If an override is malformed or names an unknown key, or the config is
         invalid.
     """
+    return parse_settings(JobConfig, data, overrides, base_dir)
+
+
+def parse_settings(
+    cls: type[T],
+    data: Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    base_dir: str | None = None,
+) -> T:
+    """Validates a raw mapping into settings dataclass `cls` (see `parse_config`)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"the config must be a mapping at top level, got {show(data)}")
     raw = copy.deepcopy(dict(data))
     if base_dir is not None:
-        _resolve_paths(raw, base_dir)
+        _resolve_paths(raw, base_dir, cls)
     for override in overrides:
-        apply_override(raw, override)
-    return parse(JobConfig, raw)
+        apply_override(raw, override, schema(cls))
+    return parse(cls, raw)
 
 
-def apply_override(data: dict[str, Any], override: str) -> None:
+def apply_override(
+    data: dict[str, Any], override: str, tree: Mapping[str, Any] | None = None
+) -> None:
     """Applies one ``"dotted.key=yaml_value"`` override to a raw config dict in place.
 
     The value is parsed with `yaml.safe_load` (``"64"`` is an int, ``"[a,b]"`` a list,
@@ -329,6 +365,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     Args:
       data: The raw config dict.
       override: The override string.
+      tree: The key tree the override must name a key of (default: the job config's).
 
     Raises:
       ConfigError: If the override is malformed, its value is not valid YAML, or its path is
@@ -346,13 +383,13 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML value in override {override!r}: {e}", dotted) from e
 
-    schema: Any = _SCHEMA
+    node_schema: Any = _SCHEMA if tree is None else tree
     for i, part in enumerate(parts):
         prefix = ".".join(parts[: i + 1])
-        if schema == MAP:  # any entry name of a free-form map
-            schema = LEAF
-        elif isinstance(schema, dict) and part in schema:
-            schema = schema[part]
+        if node_schema == MAP:  # any entry name of a free-form map
+            node_schema = LEAF
+        elif isinstance(node_schema, dict) and part in node_schema:
+            node_schema = node_schema[part]
         else:
             raise ConfigError(f"unknown key (in override {override!r})", prefix)
 
@@ -380,9 +417,9 @@ def _resolve_path(path: str, base_dir: str) -> str:
     return os.path.normpath(os.path.join(base_dir, expanded))
 
 
-def _resolve_paths(raw: dict[str, Any], base_dir: str) -> None:
+def _resolve_paths(raw: dict[str, Any], base_dir: str, cls: type = JobConfig) -> None:
     """Resolves the path values of a raw config in place, skipping malformed ones."""
-    for dotted, comma_separated in path_keys(JobConfig):
+    for dotted, comma_separated in path_keys(cls):
         *sections, key = dotted.split(".")
         node: Any = raw
         for section in sections:
