@@ -3,6 +3,7 @@
   igbeam run --config configs/NAME.yaml [--set key=value ...] [Beam options ...]
   igbeam export --config configs/NAME.yaml --out DIR [--subdirectory NAME] [--output-name NAME]
   igbeam compare --baseline RUN_A --current RUN_B [--config thresholds.yaml] --out DIR
+  igbeam monitor --config nightly.yaml [--date YYYY-MM-DD] [Beam options ...]
 
 Unknown options are handed to Beam untouched (`--runner`, `--direct_num_workers`,
 `--temp_location`, `--setup_file`, ...), so the same command runs on the DirectRunner, Dataflow or
@@ -21,6 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from attribution.errors import one_line
 from pipeline.console import quiet_native_logs
 
 EXIT_OK = 0
@@ -28,6 +30,7 @@ EXIT_FAILED = 1  # the pipeline failed, or the accounting invariant did not hold
 EXIT_USAGE = 2  # bad config or an early check failed; nothing ran
 EXIT_DEAD_LETTERS = 3  # outputs written, but too many records were dead-lettered
 EXIT_DRIFT = 1  # compare/monitor: anomalies found (--drift-exit-code maps it)
+EXIT_MONITOR_FAILED = 4  # monitor: the pipeline failed (1 means anomalies there)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,13 +94,25 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--current", required=True, help="the current run's output.path")
     compare.add_argument("--config", default=None, help="thresholds YAML (ComparisonConfig)")
     compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
-    _comparison_options(compare)
+    _comparison_options(compare, EXIT_DRIFT)
     compare.add_argument("--out", required=True, help="where drift.parquet/json/pbtxt go")
     compare.add_argument("--verbose", action="store_true", help="stack traces")
+    monitor = sub.add_parser(
+        "monitor",
+        help="scheduled job: attribute a day's data, compare it with a baseline run",
+    )
+    monitor.add_argument("--config", required=True, help="the monitor's YAML (MonitorConfig)")
+    monitor.add_argument("--date", default=None, help="the run's date, YYYY-MM-DD (today)")
+    monitor.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    _comparison_options(monitor, None)
+    monitor.add_argument(
+        "--progress", type=float, default=5.0, metavar="SECONDS", help="as for igbeam run"
+    )
+    monitor.add_argument("--verbose", action="store_true", help="stack traces and native logs")
     return parser
 
 
-def _comparison_options(parser: argparse.ArgumentParser) -> None:
+def _comparison_options(parser: argparse.ArgumentParser, drift_default: int | None) -> None:
     parser.add_argument(
         "--allow-config-change",
         action="store_true",
@@ -106,10 +121,11 @@ def _comparison_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drift-exit-code",
         type=int,
-        default=EXIT_DRIFT,
+        default=drift_default,
         metavar="N",
-        help=f"exit code when anomalies are found (default {EXIT_DRIFT}); e.g. 99 for a "
-        "scheduler that treats it as 'skipped'",
+        help=f"exit code when anomalies are found (default {EXIT_DRIFT}"
+        f"{'' if drift_default is not None else ', or the config`s drift_exit_code'}); e.g. 99 "
+        "for a scheduler that treats it as 'skipped'",
     )
 
 
@@ -141,6 +157,11 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     except DeadLetterThresholdError as err:
         print(f"igbeam: error: {err}", file=sys.stderr)
         return EXIT_DEAD_LETTERS
+    _print_summary(summary)
+    return EXIT_OK
+
+
+def _print_summary(summary: dict) -> None:
     counts = summary["counts"]
     print(f"igbeam: wrote {summary['output']}")
     print(
@@ -152,7 +173,6 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
         f"  wall time: {summary['wall_seconds']:.1f}s, checks to summary "
         f"({summary['examples_per_second']} examples/s, model load and tracing included)"
     )
-    return EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -215,6 +235,75 @@ def _compare(args: argparse.Namespace) -> int:
     return report_comparison(comparison, args.out, args.drift_exit_code)
 
 
+def _monitor(args: argparse.Namespace, beam_args: list[str]) -> int:
+    import datetime
+
+    from pipeline.compare import CompareError, IncompatibleRunsError, compare_runs, is_run
+    from pipeline.config import ConfigError
+    from pipeline.job import DeadLetterThresholdError, JobError, plan_job, run_job
+    from pipeline.monitor import load_monitor_config, parse_date
+
+    try:
+        date = parse_date(args.date) if args.date else datetime.date.today()
+    except ValueError as err:
+        return _fail(str(err))
+    try:
+        config, baseline = load_monitor_config(args.config, date, args.overrides)
+    except ConfigError as err:
+        return _fail(f"{args.config}: {err}")
+    drift_code = config.drift_exit_code if args.drift_exit_code is None else args.drift_exit_code
+    _remove_comparison(config.comparison_dir)  # a rerun replaces the date's comparison too
+    started = time.time()
+    try:
+        plan = plan_job(config.job)
+    except JobError as err:
+        return _fail(str(err))
+    try:
+        summary = run_job(
+            config.job,
+            beam_args,
+            plan=plan,
+            started=started,
+            progress_interval=args.progress or None,
+        )
+    except DeadLetterThresholdError as err:
+        print(f"igbeam: error: {err}", file=sys.stderr)
+        return EXIT_DEAD_LETTERS
+    except Exception as err:
+        if args.verbose:
+            raise
+        print(f"igbeam: error: the run failed: {one_line(err)}", file=sys.stderr)
+        return EXIT_MONITOR_FAILED
+    _print_summary(summary)
+    if not is_run(baseline):
+        if config.baseline.missing == "skip":
+            print(f"igbeam: note: no baseline run at {baseline} yet: nothing compared")
+            return EXIT_OK
+        return _fail(f"baseline: no run at {baseline} (baseline.missing: skip tolerates it)")
+    allow = args.allow_config_change or config.allow_config_change
+    try:
+        comparison = compare_runs(
+            baseline, config.job.output.path, config.compare, allow_config_change=allow
+        )
+    except IncompatibleRunsError as err:
+        from pipeline.compare import write_comparison
+
+        write_comparison(err.comparison, config.comparison_dir)
+        return _fail(str(err))
+    except CompareError as err:
+        return _fail(str(err))
+    return report_comparison(comparison, config.comparison_dir, drift_code)
+
+
+def _remove_comparison(directory: str) -> None:
+    if "://" in directory or not os.path.isdir(directory):
+        return
+    for name in ("drift.parquet", "drift.json", "anomalies.pbtxt"):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            os.remove(path)
+
+
 def report_comparison(comparison: Any, out: str, drift_exit_code: int) -> int:
     """Writes a comparison, prints its verdict and returns the exit code (0 or the drift code)."""
     from pipeline.compare import write_comparison
@@ -248,6 +337,8 @@ def _main(args: argparse.Namespace, beam_args: list[str]) -> int:
     try:
         if args.command == "run":
             return _run(args, beam_args)
+        if args.command == "monitor":
+            return _monitor(args, beam_args)
         if beam_args:
             return _fail(f"unrecognized arguments: {' '.join(beam_args)}")
         if args.command == "export":

@@ -63,6 +63,7 @@ __all__ = [
     "IncompatibleRunsError",
     "Metric",
     "compare_runs",
+    "is_run",
     "write_comparison",
 ]
 
@@ -312,6 +313,11 @@ def _exists(path: str) -> bool:
 
 def _join(*parts: str) -> str:
     return "/".join(p.rstrip("/") for p in parts) if "://" in parts[0] else os.path.join(*parts)
+
+
+def is_run(path: str) -> bool:
+    """Whether `path` holds a run (its summary.json)."""
+    return _exists(_join(path, "summary.json"))
 
 
 class Run:

@@ -58,9 +58,13 @@ class _DropBeamWorkerNoise(logging.Filter):
         return not any(noise in message for noise in _BEAM_WORKER_NOISE)
 
 
+# Continuation lines of multi-line native records whose first line is dropped.
+_CONTINUATIONS = ("To enable the following instructions:",)
+
+
 def is_native_noise(line: str) -> bool:
     """Whether `line` is native (C++) log noise: info/warning lines, harmless GPU errors."""
-    if line.startswith(_ABSL_PREAMBLE):
+    if line.startswith(_ABSL_PREAMBLE) or line.startswith(_CONTINUATIONS):
         return True
     match = _NATIVE.match(line)
     if match is None:

@@ -35,6 +35,9 @@ NOISE = [
     "find cuda drivers on your machine, GPU will not be used.",
     "E0000 00:00:1758131045.203198 3722035 cuda_dnn.cc:8579] Unable to register cuDNN factory: "
     "Attempting to register factory for plugin cuDNN when one has already been registered",
+    # The second line of TensorFlow's two-line CPU feature notice (the first is an I line).
+    "To enable the following instructions: AVX2 AVX512F AVX512_VNNI FMA, in other operations, "
+    "rebuild TensorFlow with the appropriate compiler flags.",
 ]
 
 KEPT = [
