@@ -163,3 +163,23 @@ def test_monitor_errors_are_one_line_exit_2(nightly, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "baseline: no run at" in err[0]
+
+
+def test_reference_documents_every_comparison_and_monitor_key_and_metric():
+    from attribution.fields import schema
+    from pipeline.compare import METRICS, ComparisonConfig
+
+    readme = (REPO / "configs" / "README.md").read_text(encoding="utf-8")
+    for key in schema(ComparisonConfig):
+        assert f"| `{key}` |" in readme, key
+    for metric in METRICS:
+        assert f"| `{metric}` |" in readme, metric
+    tree = schema(MonitorConfig)
+    for key, sub in tree.items():
+        if key in ("job", "compare"):
+            assert f"| `{key}` |" in readme, key
+        elif isinstance(sub, dict):
+            for leaf in sub:
+                assert f"| `{key}.{leaf}` |" in readme, f"{key}.{leaf}"
+        else:
+            assert f"| `{key}` |" in readme, key
