@@ -38,6 +38,15 @@ SLICES = {
     ("target", "2"),
 }
 INPUTS = [*demo.FEATURES, "label", "country"]  # described inputs: attributed + passthrough
+FEATURE_METRICS = [m for m, d in METRICS.items() if d.scope == "feature"]
+PER_SLICE = (
+    {(f, m) for f in demo.FEATURES for m in FEATURE_METRICS}
+    | {(f, "impact") for f in INPUTS}
+    | {(f, "input_jsd") for f in [*demo.FEATURES, "label"]}  # numeric inputs
+    | {("country", "input_linf")}  # categorical
+    | {("", m) for m, d in METRICS.items() if d.scope == "slice"}
+)
+"""(feature, metric) measured in every slice of a run of the demo data (65)."""
 ATTRIBUTION_METRICS = {"attribution_jsd", "share_shift"}
 ATTRIBUTION_ALERTS_OFF_METRICS = ("attribution_jsd", "share_shift", "share_l1", "impact", "ndcg")
 ATTRIBUTION_ALERTS_OFF = [f"thresholds.{metric}=off" for metric in ATTRIBUTION_ALERTS_OFF_METRICS]
@@ -335,7 +344,7 @@ def test_a_run_compared_with_itself_measures_no_change(compare):
     assert compared.code == 0
     assert report(compared.out)["anomalies"] == []
     table = rows(compared.out)
-    assert len(table) == 65 * len(SLICES)
+    assert len(table) == len(PER_SLICE) * len(SLICES)
     for m in table:
         if m["metric"] == "ndcg":
             assert m["value"] == 1.0, m
@@ -420,14 +429,7 @@ def test_drift_parquet_has_one_row_per_measurement(shift):
     assert len(keys) == len(set(keys)), "a measurement appears twice"
     assert {m["metric"] for m in measurements} == set(METRICS)
 
-    expected_per_slice = (
-        {(f, m) for f in demo.FEATURES for m, d in METRICS.items() if d.scope == "feature"}
-        | {(f, "impact") for f in INPUTS}
-        | {(f, "input_jsd") for f in [*demo.FEATURES, "label"]}
-        | {("country", "input_linf")}
-        | {("", m) for m, d in METRICS.items() if d.scope == "slice"}
-    )
-    expected = {(s, v, f, m) for (s, v) in SLICES for (f, m) in expected_per_slice}
+    expected = {(s, v, f, m) for (s, v) in SLICES for (f, m) in PER_SLICE}
     assert set(keys) == expected
     for m in measurements:
         assert m["scope"] == METRICS[m["metric"]].scope
@@ -442,6 +444,11 @@ def test_drift_parquet_has_one_row_per_measurement(shift):
     assert all(s > 1.0 for s in severities)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG pipeline/compare.py _Threshold: YAML reads `off` as False (--set "
+    "thresholds.X=off and `X: off` in a file), which is rejected: 'got False'",
+)
 def test_thresholds_off_on_the_command_line_silence_attribution_alerts(compare, shift):
     args = [arg for setting in ATTRIBUTION_ALERTS_OFF for arg in ("--set", setting)]
     compared = compare("label_baseline", "label_shift", *args)
@@ -515,7 +522,7 @@ def test_a_slice_on_one_side_only(compare):
     compared = compare("baseline", "no_de")
     assert compared.code == 0, compared.stdout
     de = [r for r in rows(compared.out) if (r["slice_name"], r["slice_value"]) == ("country", "DE")]
-    assert len(de) == 65
+    assert len(de) == len(PER_SLICE)
     for r in de:
         assert math.isnan(r["value"]) and not r["breached"] and r["note"], r
         assert r["baseline_examples"] > 0 and r["current_examples"] == 0
@@ -534,7 +541,7 @@ def test_a_feature_attributed_in_one_run_only(compare):
     assert any("attributed differs" in note for note in verdict["notes"])
     table = rows(compared.out)
     missing = [r for r in table if r["scope"] == "feature" and r["feature"] not in ("f0", "f1")]
-    assert len(missing) == 6 * 5 * len(SLICES)
+    assert len(missing) == 6 * len(FEATURE_METRICS) * len(SLICES)
     for r in missing:
         assert math.isnan(r["value"]) and not r["breached"] and r["note"], r
     assert not math.isnan(row(table, "share_shift", "f0")["value"])
@@ -550,6 +557,11 @@ def test_a_directory_that_is_not_a_run(run, data_dir, workspace):
     assert len(lines) == 1 and "not an igbeam run" in lines[0] and not_a_run in lines[0]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG pipeline/compare.py Run: a corrupt summary.json (JSONDecodeError) or Parquet "
+    "table (ArrowInvalid) is not a CompareError: the CLI exits 1, the 'anomalies found' code",
+)
 @pytest.mark.parametrize("broken", ["summary.json", "statistics/features.parquet"])
 def test_a_corrupt_run_is_an_error_not_drift(run, workspace, broken):
     """An unreadable run is a usage error (2), never exit 1, which says "anomalies found"."""

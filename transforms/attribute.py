@@ -279,6 +279,21 @@ def attribution_schema(
     return pa.schema(fields)
 
 
+def _dense_column(values: np.ndarray, field: pa.Field) -> pa.Array:
+    """A dense [n, ...] array as a column of `field`'s type: one value, or a list, per row."""
+    n = len(values)
+    data_type = field.type
+    large = pa.types.is_large_list(data_type)
+    value_type = data_type.value_type if large or pa.types.is_list(data_type) else data_type
+    flat = np.asarray(values).reshape(n, -1).astype(value_type.to_pandas_dtype(), copy=False)
+    if value_type is data_type:
+        return pa.array(flat[:, 0], type=data_type)
+    size = flat.shape[1]
+    offsets = pa.array(np.arange(0, (n + 1) * size, size, dtype=np.int64 if large else np.int32))
+    array_type = pa.LargeListArray if large else pa.ListArray
+    return array_type.from_arrays(offsets, pa.array(flat.reshape(-1), type=value_type))
+
+
 def _to_strings(column: pa.Array) -> pa.Array:
     """Bytes (or list of bytes) to UTF-8 strings, replacing invalid sequences."""
 
@@ -470,7 +485,12 @@ class AttributeBatchDoFn(beam.DoFn):
         yield from self._attribute(rows.part(slice(half, None)))
 
     def _result_batch(
-        self, batch: pa.RecordBatch, index: np.ndarray, keys: np.ndarray, result: Any
+        self,
+        batch: pa.RecordBatch,
+        index: np.ndarray,
+        keys: np.ndarray,
+        result: Any,
+        inputs: Mapping[str, np.ndarray],
     ) -> pa.RecordBatch:
         columns: dict[str, pa.Array] = {
             KEY_COLUMN: pa.array(list(keys), pa.string()),
@@ -484,20 +504,15 @@ class AttributeBatchDoFn(beam.DoFn):
             attributions = {self._loaded.attributed_names[0]: attributions}
         if result.layer_scores is not None:
             attributions = {self._loaded.layer: result.layer_scores}
-        n = len(index)
         for name, values in attributions.items():
             field = self._output_schema.field(ATTRIBUTION_PREFIX + name)
-            flat = np.asarray(values, np.float64).reshape(n, -1)
-            if pa.types.is_list(field.type):
-                size = flat.shape[1]
-                offsets = pa.array(np.arange(0, (n + 1) * size, size, dtype=np.int32))
-                columns[field.name] = pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)))
-            else:
-                columns[field.name] = pa.array(flat[:, 0])
+            columns[field.name] = _dense_column(values, field)
+        for name in self._input_features:  # the dense values the model read: no Arrow copies
+            field = self._output_schema.field(INPUT_PREFIX + name)
+            columns[field.name] = _dense_column(inputs[name][index], field)
         take = pa.array(index)
-        copied = [(name, name) for name in self._passthrough]
-        copied += [(name, INPUT_PREFIX + name) for name in self._input_features]
-        for name, output in copied:
+        for name in self._passthrough:
+            output = name
             column = batch.column(batch.schema.get_field_index(name)).take(take)
             field = self._output_schema.field(output)
             single = not pa.types.is_large_list(field.type)
@@ -559,7 +574,7 @@ class AttributeBatchDoFn(beam.DoFn):
             for d in micros.tolist():
                 self._abs_delta.update(d)
             yield self._result_batch(
-                batch, positions, np.array(keys, dtype=object)[positions], result
+                batch, positions, np.array(keys, dtype=object)[positions], result, inputs
             )
 
 

@@ -286,10 +286,17 @@ class _BufferedSketch:
         return self.sketch
 
     def AddValues(self, values: pa.Array) -> None:  # noqa: N802 - QuantilesSketch's interface
+        self.add_array(values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False))
+
+    def add_array(self, values: np.ndarray) -> None:
+        """`AddValues` for a float64 numpy array, without an Arrow round trip.
+
+        The array is kept, not copied: callers pass arrays they never modify.
+        """
         if self.sketch is not None:
-            self.sketch.AddValues(values)
+            self.sketch.AddValues(pa.array(values))
             return
-        self.values.append(values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False))
+        self.values.append(values)
         self.count += len(values)
         if self.count > RAW_VALUES_LIMIT:
             self._promote()
@@ -297,8 +304,8 @@ class _BufferedSketch:
     def Merge(self, other: _BufferedSketch) -> None:  # noqa: N802
         if other.sketch is not None:
             self._promote().Merge(other.sketch)
-        for values in other.values:
-            self.AddValues(pa.array(values))
+        for values in other.values:  # raw arrays are never modified in place: safe to share
+            self.add_array(values)
 
     def Compact(self) -> None:  # noqa: N802
         if self.sketch is not None:
@@ -320,8 +327,7 @@ class _BufferedSketch:
             return self.sketch.GetQuantiles(buckets)
         if not self.count:
             return pa.array([], pa.list_(pa.float64()))
-        values = np.concatenate(self.values)
-        bounds = np.quantile(values, np.linspace(0.0, 1.0, buckets + 1), method="inverted_cdf")
+        bounds = _exact_quantiles(np.concatenate(self.values)[np.newaxis], buckets)[0]
         return pa.array([bounds.tolist()], pa.list_(pa.float64()))
 
 
@@ -388,7 +394,7 @@ class _Moments:
         for j, sketch in enumerate(self.sketches):
             if group.count[g, j]:
                 run = group.values_by_column[j, start:end][group.valid_by_column[j, start:end]]
-                sketch.AddValues(pa.array(run))
+                sketch.add_array(run)
 
     def merge(self, other: _Moments) -> None:
         """Merges `other` (left unchanged) into these moments."""
@@ -426,37 +432,31 @@ class _GroupMoments(NamedTuple):
 def _group_moments(
     values: np.ndarray, missing: np.ndarray | None, starts: np.ndarray, ends: np.ndarray
 ) -> _GroupMoments:
-    """Reduces `values` [rows, columns] (sorted by group; NaN excluded) per group at `starts`."""
+    """Reduces `values` [rows, columns] (sorted by group; NaN excluded) per group at `starts`.
+
+    Works on a column-major copy: `ufunc.reduceat` along contiguous rows is an order of
+    magnitude faster than along axis 0, and the sketches want the columns contiguous anyway.
+    """
     sizes = ends - starts
-    valid = ~np.isnan(values)
-    clean = np.where(valid, values, 0.0)
-    count = np.add.reduceat(valid, starts, axis=0).astype(np.int64)
-    total = np.add.reduceat(clean, starts, axis=0)
-    total_abs = np.add.reduceat(np.abs(clean), starts, axis=0)
-    mins = np.minimum.reduceat(np.where(valid, values, np.inf), starts, axis=0)
-    maxs = np.maximum.reduceat(np.where(valid, values, -np.inf), starts, axis=0)
+    values_t = np.ascontiguousarray(values.T)  # [columns, rows]
+    valid_t = ~np.isnan(values_t)
+    clean_t = np.where(valid_t, values_t, 0.0)
+    count = np.add.reduceat(valid_t, starts, axis=1, dtype=np.int64).T
+    total = np.add.reduceat(clean_t, starts, axis=1).T
+    total_abs = np.add.reduceat(np.abs(clean_t), starts, axis=1).T
+    mins = np.minimum.reduceat(np.where(valid_t, values_t, np.inf), starts, axis=1).T
+    maxs = np.maximum.reduceat(np.where(valid_t, values_t, -np.inf), starts, axis=1).T
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(count > 0, total / np.maximum(count, 1), 0.0)
-    deviation = np.where(valid, values - np.repeat(means, sizes, axis=0), 0.0)
-    m2 = np.add.reduceat(deviation * deviation, starts, axis=0)
+    deviation = np.where(valid_t, values_t - np.repeat(means.T, sizes, axis=1), 0.0)
+    m2 = np.add.reduceat(deviation * deviation, starts, axis=1).T
     if missing is None:
         absent = np.zeros_like(count)
     else:
-        absent = np.add.reduceat(missing, starts, axis=0).astype(np.int64)
+        absent = np.add.reduceat(np.ascontiguousarray(missing.T), starts, axis=1, dtype=np.int64).T
     nan_count = sizes[:, None] - count - absent
     return _GroupMoments(
-        count,
-        nan_count,
-        total,
-        total_abs,
-        m2,
-        mins,
-        maxs,
-        absent,
-        np.ascontiguousarray(values.T),
-        np.ascontiguousarray(valid.T),
-        starts,
-        ends,
+        count, nan_count, total, total_abs, m2, mins, maxs, absent, values_t, valid_t, starts, ends
     )
 
 
@@ -1110,7 +1110,7 @@ class AttributionStatsCombineFn(beam.CombineFn):
             state.abs_delta_max = max(state.abs_delta_max, float(delta_max[g]))
             group_delta = sorted_delta[start:end][delta_valid[start:end]]
             if group_delta.size:
-                state.abs_delta_sketch.AddValues(pa.array(group_delta))
+                state.abs_delta_sketch.add_array(group_delta)
             state.attributions.add(attribution, g)
             if numeric is not None:
                 state.inputs.add(numeric, g)
@@ -1162,17 +1162,22 @@ class AttributionStatsCombineFn(beam.CombineFn):
             return np.full(buckets + 1, np.nan)
         return result.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
 
-    def _quantiles_of(self, moments: _Moments, buckets: int) -> list[np.ndarray]:
-        """The quantile boundaries of every column of `moments`.
+    def _quantiles_of(self, moments: _Moments, *bucket_counts: int) -> dict[int, list[np.ndarray]]:
+        """The quantile boundaries of every column of `moments`, for each bucket count.
 
-        Columns whose values are still raw and equally many (the usual case: no NaNs) are done
-        in one vectorised call; the others one by one.
+        One quantile computation at the least common multiple of the counts serves them all
+        (the boundaries of ``b`` buckets are every ``L/b``-th of ``L``). Columns whose values
+        are still raw and equally many (the usual case: no NaNs) are done in one vectorised
+        call; the others one by one.
         """
+        common = math.lcm(*bucket_counts)
         raws = [sketch.raw_values() for sketch in moments.sketches]
         sizes = {len(r) for r in raws if r is not None}
         if raws and all(r is not None for r in raws) and len(sizes) == 1:
-            return list(_exact_quantiles(np.stack(raws), buckets))
-        return [self._final_quantiles(sketch, buckets) for sketch in moments.sketches]
+            table = list(_exact_quantiles(np.stack(raws), common))
+        else:
+            table = [self._final_quantiles(sketch, common) for sketch in moments.sketches]
+        return {b: [q[:: common // b] for q in table] for b in bucket_counts}
 
     def _merged(self, states: Sequence[_SliceAccumulator]) -> _SliceAccumulator:
         if len(states) == 1:
@@ -1213,7 +1218,8 @@ class AttributionStatsCombineFn(beam.CombineFn):
         features = tables.features if whole else tables.feature_replicates
         slices = tables.slices if whole else tables.slice_replicates
         moments = state.attributions
-        quantiles = self._quantiles_of(moments, self._quantiles)
+        quantile_sets = self._quantiles_of(moments, self._quantiles, self._histogram_buckets)
+        quantiles = quantile_sets[self._quantiles]
         count = moments.count
         has_data = count > 0
         num_features = len(self._features)
@@ -1264,13 +1270,15 @@ class AttributionStatsCombineFn(beam.CombineFn):
         )
         buckets = self._histogram_buckets
         sources = [
-            (SOURCE_ATTRIBUTION, self._features, moments),
-            (SOURCE_INPUT, [f for f, _ in self._numeric], state.inputs),
+            (SOURCE_ATTRIBUTION, self._features, moments, quantile_sets[buckets]),
+            (SOURCE_INPUT, [f for f, _ in self._numeric], state.inputs, None),
         ]
         for (feature, _), vector in zip(self._vectors, state.vectors, strict=True):
-            sources.append((SOURCE_INPUT, [feature], vector))
-        for source, names, block in sources:
-            boundaries = self._quantiles_of(block, buckets) if names else []
+            sources.append((SOURCE_INPUT, [feature], vector, None))
+        for source, names, block, known in sources:
+            boundaries = known
+            if boundaries is None:
+                boundaries = self._quantiles_of(block, buckets)[buckets] if names else []
             for j, feature in enumerate(names):
                 has = block.count[j] > 0
                 tables.add_histogram(
@@ -1293,11 +1301,17 @@ class AttributionStatsCombineFn(beam.CombineFn):
 def _exact_quantiles(values: np.ndarray, buckets: int) -> np.ndarray:
     """[F, buckets + 1] inverted-CDF quantile boundaries of each row of `values` [F, n].
 
-    NaN rows when n == 0. The same values as `np.quantile(..., method="inverted_cdf")`.
+    NaN rows when n == 0. The same values as `np.quantile(..., method="inverted_cdf")` (the
+    boundary at probability p is the ``ceil(n * p)``-th smallest value, computed in floating
+    point exactly as numpy does), found by one sort per row: several times faster than numpy's
+    partitioning for many probabilities.
     """
-    if values.shape[1] == 0:
+    n = values.shape[1]
+    if n == 0:
         return np.full((values.shape[0], buckets + 1), np.nan)
-    return np.quantile(values, np.linspace(0.0, 1.0, buckets + 1), axis=1, method="inverted_cdf").T
+    probabilities = np.linspace(0.0, 1.0, buckets + 1)
+    positions = np.clip(np.ceil(n * probabilities).astype(np.int64) - 1, 0, n - 1)
+    return np.sort(values, axis=1)[:, positions]
 
 
 class ComputeAttributionStatistics(
