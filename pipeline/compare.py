@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from attribution.errors import SettingsError
+from attribution.errors import SettingsError, one_line
 from attribution.fields import Check, Integer, Number, setting, show
 from pipeline import drift
 from pipeline.fingerprint import differences
@@ -184,10 +184,13 @@ METRICS = {
 
 
 class _Threshold(Check):
-    """A threshold: a number >= 0, or "off" (reported, never breaches)."""
+    """A threshold: a number >= 0, or off (reported, never breaches).
+
+    YAML 1.1 reads a bare ``off`` (and ``no``, ``false``) as False: that means off too.
+    """
 
     def __call__(self, value: Any, key: str, api: bool) -> float | str:
-        if value == OFF:
+        if value is False or value == OFF:
             return OFF
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or not math.isfinite(value) or value < 0:
@@ -328,8 +331,13 @@ class Run:
         summary_path = _join(path, "summary.json")
         if not _exists(summary_path):
             raise CompareError(f"{path!r} is not an igbeam run: it has no summary.json")
-        with _open(summary_path) as f:
-            self.summary = json.loads(f.read())
+        try:
+            with _open(summary_path) as f:
+                self.summary = json.loads(f.read())
+        except (OSError, ValueError) as err:
+            raise CompareError(f"run {path!r}: unreadable summary.json: {one_line(err)}") from err
+        if not isinstance(self.summary, dict):
+            raise CompareError(f"run {path!r}: summary.json is not a JSON object")
         self.fingerprint = self.summary.get("fingerprint")
         stats = self.summary.get("config", {}).get("statistics", {})
         self.replicates = int(stats.get("replicates", 0) or 0)
@@ -341,8 +349,13 @@ class Run:
                     raise CompareError(f"run {path!r} has no statistics/{file}")
                 tables[name] = []  # a run made before igbeam recorded it
                 continue
-            with _open(full) as f:
-                tables[name] = pq.read_table(io.BytesIO(f.read())).to_pylist()
+            try:
+                with _open(full) as f:
+                    tables[name] = pq.read_table(io.BytesIO(f.read())).to_pylist()
+            except (OSError, pa.ArrowException) as err:
+                raise CompareError(
+                    f"run {path!r}: unreadable statistics/{file}: {one_line(err)}"
+                ) from err
         self.features: dict[tuple[int, str, str], dict[str, dict]] = {}
         for replicate, rows in (
             (ALL_DATA, tables["features"]),
@@ -409,10 +422,11 @@ class Measure(NamedTuple):
     value: float
     baseline: float = math.nan
     current: float = math.nan
+    why: str = ""  # why the value is NaN, when it is
 
 
 Measurer = Callable[[_Side, _Side, SliceKey, str], Measure]
-NAN = Measure(math.nan)
+NAN = Measure(math.nan, why="no data on one side")
 
 
 def _num(row: dict | None, name: str) -> float:
@@ -434,8 +448,10 @@ def _share_shift(b: _Side, c: _Side, key: SliceKey, feature: str) -> Measure:
 def _mean_abs_change(b: _Side, c: _Side, key: SliceKey, feature: str) -> Measure:
     mb = _num(b.features(key).get(feature), "mean_absolute_attributions")
     mc = _num(c.features(key).get(feature), "mean_absolute_attributions")
-    value = (mc - mb) / mb if mb > 0 else math.nan
-    return Measure(value, mb, mc)
+    if mb > 0:
+        return Measure((mc - mb) / mb, mb, mc)
+    why = "the baseline's mean |attribution| is 0" if mb == 0 else "no data on one side"
+    return Measure(math.nan, mb, mc, why)
 
 
 def _divergence(
@@ -477,7 +493,9 @@ def _input_drift(b: _Side, c: _Side, key: SliceKey, feature: str) -> float:
 def _impact(b: _Side, c: _Side, key: SliceKey, feature: str) -> Measure:
     share = max(_share(b, key, feature), _share(c, key, feature))
     if math.isnan(share):
-        return NAN
+        if not b.features(key) and not c.features(key):
+            return NAN
+        return Measure(math.nan, why="not an attributed feature: no attribution share")
     return Measure(_input_drift(b, c, key, feature) * share)
 
 
@@ -642,7 +660,7 @@ class _Comparer:
         severity = 0.0
         minimum = self.settings.minimum(*key)
         if math.isnan(result.value):
-            note = "not measurable on one side (no data)"
+            note = f"not measurable: {result.why or 'no data on one side'}"
         elif min(nb, nc) < minimum:
             note = f"fewer than {minimum} examples on a side: reported, not alerted"
         elif threshold is not None:

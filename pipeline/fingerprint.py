@@ -114,10 +114,19 @@ def differences(baseline: dict[str, Any] | None, current: dict[str, Any] | None)
         return [f"the {side} run has no attribution fingerprint (made by an older igbeam)"]
     lines = []
     for field in COMPARED_FIELDS:
-        a, b = baseline.get(field), current.get(field)
-        if a != b:
-            lines.append(f"{field} differs: baseline {_short(a)}, current {_short(b)}")
+        for where, a, b in _leaf_differences(field, baseline.get(field), current.get(field)):
+            lines.append(f"{where} differs: baseline {_short(a)}, current {_short(b)}")
     return lines
+
+
+def _leaf_differences(where: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
+    """The differing leaves of two JSON values, by dotted path (so a line names what changed)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in dict.fromkeys([*a, *b]):
+            out.extend(_leaf_differences(f"{where}.{key}", a.get(key), b.get(key)))
+        return out
+    return [] if a == b else [(where, a, b)]
 
 
 def _short(value: Any) -> str:
