@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint browser demo bench bench-report clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,14 +18,31 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
-	$(PY) -m pytest -q tests
+# Headless Chromium for the report's browser tests: installed when missing and this machine
+# can (root, apt-get, a network); otherwise those tests skip and pytest -rs prints why.
+browser:
+	@if [ -n "$$IGBEAM_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 \
+	    || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: installing chromium for the browser tests (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	    >/dev/null 2>&1 || echo "make: apt-get could not install chromium"; \
+	fi; \
+	command -v chromium >/dev/null 2>&1 \
+	  || echo "make: no chromium here: the report's browser tests will skip"
+
+test: lint browser
+	$(PY) -m pytest -q -rs tests
 
 demo: $(STAMP)
 	$(PY) -m pipeline.demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_throughput.py
+	$(PY) benchmarks/bench_report.py
+
+bench-report: $(STAMP)
+	$(PY) benchmarks/bench_report.py
 
 clean:
 	rm -rf $(VENV) demo_out benchmarks/out

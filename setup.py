@@ -25,6 +25,7 @@ setup(
         "pyarrow",
         "numpy",
         "pyyaml",
+        "matplotlib>=3.8",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "ruff", "pandas"]},
     entry_points={"console_scripts": ["igbeam=pipeline.cli:main"]},

@@ -4,6 +4,7 @@
   igbeam export --config configs/NAME.yaml --out DIR [--subdirectory NAME] [--output-name NAME]
   igbeam compare --baseline RUN_A --current RUN_B [--config thresholds.yaml] --out DIR
   igbeam monitor --config nightly.yaml [--date YYYY-MM-DD] [Beam options ...]
+  igbeam report RUN [--compare BASELINE_RUN | --drift DIR] --out report.html
 
 Unknown options are handed to Beam untouched (`--runner`, `--direct_num_workers`,
 `--temp_location`, `--setup_file`, ...), so the same command runs on the DirectRunner, Dataflow or
@@ -109,6 +110,32 @@ def _parser() -> argparse.ArgumentParser:
         "--progress", type=float, default=5.0, metavar="SECONDS", help="as for igbeam run"
     )
     monitor.add_argument("--verbose", action="store_true", help="stack traces and native logs")
+    report = sub.add_parser(
+        "report",
+        help="one self-contained HTML page for a run, or for a run compared with a baseline",
+    )
+    report.add_argument("run", help="the run's output.path (the current run of a comparison)")
+    against = report.add_mutually_exclusive_group()
+    against.add_argument(
+        "--compare", default=None, metavar="BASELINE_RUN", help="compare RUN with this run now"
+    )
+    against.add_argument(
+        "--drift",
+        default=None,
+        metavar="DIR",
+        help="show a comparison written by igbeam compare/monitor (its drift.json)",
+    )
+    report.add_argument("--config", default=None, help="thresholds YAML, with --compare")
+    report.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    report.add_argument("--out", required=True, help="the HTML file to write")
+    report.add_argument(
+        "--sample-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rows read from the attributions and dead letters, at most (default 10000)",
+    )
+    report.add_argument("--verbose", action="store_true", help="stack traces")
     return parser
 
 
@@ -289,16 +316,73 @@ def _monitor(args: argparse.Namespace, beam_args: list[str]) -> int:
         from pipeline.compare import write_comparison
 
         write_comparison(err.comparison, config.comparison_dir)
+        _write_monitor_report(config.job.output.path, err.comparison, config.comparison_dir)
         return _fail(str(err))
     except CompareError as err:
         return _fail(str(err))
-    return report_comparison(comparison, config.comparison_dir, drift_code)
+    code = report_comparison(comparison, config.comparison_dir, drift_code)
+    _write_monitor_report(config.job.output.path, comparison, config.comparison_dir)
+    return code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline.compare import ComparisonConfig
+    from pipeline.config import ConfigError, load_settings, parse_settings
+    from pipeline.report import DEFAULT_SAMPLE_ROWS, ReportError, write_report
+
+    settings = None
+    if args.config or args.overrides:
+        if args.compare is None:
+            return _fail("--config and --set only apply with --compare")
+        try:
+            if args.config:
+                settings = load_settings(ComparisonConfig, args.config, args.overrides)
+            else:
+                settings = parse_settings(ComparisonConfig, {}, args.overrides)
+        except ConfigError as err:
+            return _fail(f"{args.config or '--set'}: {err}")
+    rows = DEFAULT_SAMPLE_ROWS if args.sample_rows is None else args.sample_rows
+    try:
+        written = write_report(
+            args.run,
+            args.out,
+            compare=args.compare,
+            drift_dir=args.drift,
+            settings=settings,
+            sample_rows=rows,
+        )
+    except ReportError as err:
+        return _fail(str(err))
+    _print_report(written)
+    return EXIT_OK
+
+
+def _print_report(written: dict) -> None:
+    print(
+        f"igbeam: wrote the report {written['path']} ({written['bytes'] / 1e6:.2f} MB, "
+        f"{written['charts']} charts, {written['seconds']:.1f}s)"
+    )
+
+
+def _write_monitor_report(run: str, comparison: Any, directory: str) -> None:
+    """The comparison's report next to it; a failure to draw it is said, never fatal."""
+    from pipeline.report import REPORT_FILE, ReportError, write_report
+
+    path = (
+        f"{directory.rstrip('/')}/{REPORT_FILE}"
+        if "://" in directory
+        else os.path.join(directory, REPORT_FILE)
+    )
+    try:
+        _print_report(write_report(run, path, comparison=comparison))
+    except ReportError as err:
+        print(f"igbeam: warning: no report: {err}", file=sys.stderr)
 
 
 def _remove_comparison(directory: str) -> None:
     if "://" in directory or not os.path.isdir(directory):
         return
-    for name in ("drift.parquet", "drift.json", "anomalies.pbtxt"):
+    for name in ("drift.parquet", "drift.json", "anomalies.pbtxt", "report.html"):
         path = os.path.join(directory, name)
         if os.path.exists(path):
             os.remove(path)
@@ -345,6 +429,8 @@ def _main(args: argparse.Namespace, beam_args: list[str]) -> int:
             return _export(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "report":
+            return _report(args)
     except Exception as err:
         if args.verbose:
             raise

@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from attribution.errors import SettingsError, one_line
@@ -326,7 +327,9 @@ def is_run(path: str) -> bool:
 class Run:
     """The statistics and summary of one run, indexed for the metrics."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, replicates: bool = True) -> None:
+        """Reads the run at `path`; `replicates=False` reads the all-data rows only (a report's
+        view: quicker on runs with many slices and features, no noise floors)."""
         self.path = path
         summary_path = _join(path, "summary.json")
         if not _exists(summary_path):
@@ -343,6 +346,9 @@ class Run:
         self.replicates = int(stats.get("replicates", 0) or 0)
         tables = {}
         for name, file in _TABLES.items():
+            if not replicates and name in ("feature_replicates", "slice_replicates"):
+                tables[name] = []
+                continue
             full = _join(path, "statistics", file)
             if not _exists(full):
                 if name in ("features", "slices"):
@@ -351,7 +357,10 @@ class Run:
                 continue
             try:
                 with _open(full) as f:
-                    tables[name] = pq.read_table(io.BytesIO(f.read())).to_pylist()
+                    table = pq.read_table(io.BytesIO(f.read()))
+                if not replicates and "replicate" in table.column_names:
+                    table = table.filter(pc.equal(table.column("replicate"), ALL_DATA))
+                tables[name] = table.to_pylist()
             except (OSError, pa.ArrowException) as err:
                 raise CompareError(
                     f"run {path!r}: unreadable statistics/{file}: {one_line(err)}"

@@ -128,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  {row.rank}. {row.feature:<4} mean|attr|={row.mean_absolute_attributions:.4f} "
             f"share={row.share:.1%}"
         )
+    report = os.path.join(args.dir, "report.html")
+    code = cli_main(["report", out, "--out", report])
+    if code:
+        return code
+    print(f"\nOpen the report in a browser (no server needed): {os.path.abspath(report)}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import html
 import json
 import os
 import shutil
@@ -132,6 +133,11 @@ def test_monitor_end_to_end_over_dates(nightly, capsys):
     assert report["breached"] > 0
     assert report["anomalies"][0]["feature"] == "f0"
     assert report["anomalies"][0]["metric"] in ("share_shift", "attribution_jsd", "share_l1")
+    # the comparison's report sits next to it, and names the first anomaly
+    page = (drift / "report.html").read_text()
+    assert str(drift / "report.html") in out
+    assert html.escape(report["anomalies"][0]["reason"]) in page
+    assert '<tr class="breach">' in page
     # A rerun for the same date replaces its outputs; a mapped exit code for the scheduler.
     before = (drift / "drift.parquet").stat().st_mtime_ns
     assert monitor(nightly, "2026-12-02", "--drift-exit-code", "99") == 99
