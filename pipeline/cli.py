@@ -236,20 +236,14 @@ def _export(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from pipeline.compare import (
         CompareError,
-        ComparisonConfig,
         IncompatibleRunsError,
         compare_runs,
         write_comparison,
     )
-    from pipeline.config import ConfigError, load_settings, parse_settings
 
-    try:
-        if args.config:
-            settings = load_settings(ComparisonConfig, args.config, args.overrides)
-        else:
-            settings = parse_settings(ComparisonConfig, {}, args.overrides)
-    except ConfigError as err:
-        return _fail(f"{args.config or '--set'}: {err}")
+    settings = _comparison_settings(args)
+    if isinstance(settings, str):
+        return _fail(settings)
     try:
         comparison = compare_runs(
             args.baseline, args.current, settings, allow_config_change=args.allow_config_change
@@ -260,6 +254,19 @@ def _compare(args: argparse.Namespace) -> int:
     except CompareError as err:
         return _fail(str(err))
     return report_comparison(comparison, args.out, args.drift_exit_code)
+
+
+def _comparison_settings(args: argparse.Namespace) -> Any:
+    """The ComparisonConfig of `--config` and `--set`, or the error line (a str)."""
+    from pipeline.compare import ComparisonConfig
+    from pipeline.config import ConfigError, load_settings, parse_settings
+
+    try:
+        if args.config:
+            return load_settings(ComparisonConfig, args.config, args.overrides)
+        return parse_settings(ComparisonConfig, {}, args.overrides)
+    except ConfigError as err:
+        return f"{args.config or '--set'}: {err}"
 
 
 def _monitor(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -326,21 +333,15 @@ def _monitor(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipeline.compare import ComparisonConfig
-    from pipeline.config import ConfigError, load_settings, parse_settings
     from pipeline.report import DEFAULT_SAMPLE_ROWS, ReportError, write_report
 
     settings = None
     if args.config or args.overrides:
         if args.compare is None:
             return _fail("--config and --set only apply with --compare")
-        try:
-            if args.config:
-                settings = load_settings(ComparisonConfig, args.config, args.overrides)
-            else:
-                settings = parse_settings(ComparisonConfig, {}, args.overrides)
-        except ConfigError as err:
-            return _fail(f"{args.config or '--set'}: {err}")
+        settings = _comparison_settings(args)
+        if isinstance(settings, str):
+            return _fail(settings)
     rows = DEFAULT_SAMPLE_ROWS if args.sample_rows is None else args.sample_rows
     try:
         written = write_report(
