@@ -27,6 +27,10 @@ setup(
         "pyyaml",
         "matplotlib>=3.8",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "ruff", "pandas"]},
+    extras_require={
+        # DaskRunner: a dask.distributed cluster (LocalCluster when no scheduler is named)
+        "dask": ["apache-beam[dask]==2.77.*"],
+        "test": ["pytest", "pytest-timeout", "ruff", "pandas", "apache-beam[dask]==2.77.*"],
+    },
     entry_points={"console_scripts": ["igbeam=pipeline.cli:main"]},
 )
