@@ -72,6 +72,7 @@ __all__ = [
     "OutputConfig",
     "StatisticsConfig",
     "TargetConfig",
+    "WorkersConfig",
     "apply_override",
     "load_config",
     "load_settings",
@@ -124,13 +125,30 @@ class InputConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkersConfig:
+    """How each worker process uses its machine.
+
+    Attributes:
+      threads: TensorFlow's intra- and inter-op threads per worker process. 0 (auto): the
+        machine's cores divided among the worker processes igbeam knows will share it (one
+        process: TensorFlow's default; DirectRunner `multi_processing` with N workers: cores / N;
+        Dask: the worker's `nthreads`; Dataflow: 1, as it starts one SDK process per vCPU unless
+        `no_use_multiple_sdk_containers` or an accelerator says one process).
+    """
+
+    threads: int = setting(0, check=Integer(0))
+
+
+@dataclasses.dataclass(frozen=True)
 class OutputConfig:
     """Where a run's outputs are written.
 
     Attributes:
       path: Output directory (local path or URI).
-      shards: Number of Parquet shards; 0 lets the runner decide.
-      row_group_rows: Rows per Parquet row group.
+      shards: Number of attribution files; 0 writes one per block (a block is up to
+        `row_group_rows` records of one input file), N > 0 shuffles the blocks into N files.
+      row_group_rows: Records per block, at most: rows per attributions file (one row group)
+        when `shards` is 0, and per row group otherwise.
       input_values: Also write each attributed feature's input value (`in_<feature>`).
     """
 
@@ -179,6 +197,7 @@ class JobConfig:
       batching: Batch sizes.
       slices: Slice keys; each a tuple of passthrough features.
       statistics: What the run records for comparisons (replicates, histograms, inputs).
+      workers: How worker processes use their machine (TensorFlow threads).
       output: The output location.
       max_dead_letter_fraction: The job fails when more than this fraction of records is
         dead-lettered.
@@ -192,6 +211,7 @@ class JobConfig:
     batching: BatchingConfig = setting(BatchingConfig(), check=Section(BatchingConfig))
     slices: tuple[tuple[str, ...], ...] = setting((), check=_Slices())
     statistics: StatisticsConfig = setting(StatisticsConfig(), check=Section(StatisticsConfig))
+    workers: WorkersConfig = setting(WorkersConfig(), check=Section(WorkersConfig))
     output: OutputConfig = setting(check=Section(OutputConfig))
     max_dead_letter_fraction: float = setting(0.01, check=Number(0.0, 1.0))
 

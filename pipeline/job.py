@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import shutil
@@ -36,13 +37,15 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from attribution import ModelLoadError
+from attribution.errors import one_line
 from attribution.savedmodel import IG_SIGNATURE
 from pipeline.config import JobConfig
 from pipeline.console import ProgressPrinter
 from pipeline.fingerprint import fingerprint
 from transforms import progress
 from transforms.attribute import (
-    AttributeRecords,
+    DASK_WORKER_THREADS,
+    AttributeBlocks,
     Attributor,
     EngineSpec,
     attribution_schema,
@@ -50,6 +53,8 @@ from transforms.attribute import (
 )
 from transforms.constants import (
     ATTRIBUTIONS_DIR,
+    BLOCK_BYTES,
+    COUNTS_FILE,
     DEAD_LETTER_COUNTERS,
     DEAD_LETTER_DIR,
     DUPLICATE_KEYS_DIR,
@@ -68,12 +73,11 @@ from transforms.dead_letters import DEAD_LETTER_SCHEMA
 from transforms.decode import feature_names, infer_schema, load_schema, schema_to_text
 from transforms.outputs import (
     DUPLICATE_KEYS_SCHEMA,
-    RunOutputs,
     WriteRunOutputs,
     write_parquet_file,
     write_statistics,
 )
-from transforms.records import ReadTFRecords, match_files, read_tfrecord_file
+from transforms.records import ReadBlocks, match_files, read_tfrecord_file
 from transforms.statistics import (
     FEATURE_STATS_SCHEMA,
     SLICE_STATS_SCHEMA,
@@ -275,27 +279,33 @@ def _clear_output(path: str) -> None:
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
-    """Adds the whole job to `pipeline`: read, attribute, write."""
+    """Adds the whole job to `pipeline`: read blocks, attribute them, write.
+
+    Every step has one output and emits nothing from `finish_bundle`, and one last step follows
+    everything written: the forms every runner executes the same way, Beam's DaskRunner
+    included (it drops tagged outputs' routing and `finish_bundle` outputs, and computes only
+    the graph behind the last step).
+    """
     config = plan.config
-    read = pipeline | "Read" >> ReadTFRecords(plan.files, chunk_size=config.batching.batch_size)
-    attributed = read.records | "AttributeRecords" >> AttributeRecords(
+    blocks = pipeline | "Read" >> ReadBlocks(
+        plan.files,
+        chunk_size=config.batching.batch_size,
+        block_rows=config.output.row_group_rows,
+        block_bytes=BLOCK_BYTES,
+    )
+    attributed = blocks | "AttributeBlocks" >> AttributeBlocks(
         plan.spec,
         plan.schema,
         plan.results_schema,
-        batch_size=config.batching.batch_size,
         key_feature=config.input.key,
         passthrough=config.passthrough,
         input_features=plan.input_features,
     )
-    dead_letters = (read.dead_letters, attributed.dead_letters) | "FlattenDeadLetters" >> (
-        beam.Flatten()
-    )
-    _ = RunOutputs(attributed.results, dead_letters) | "WriteOutputs" >> WriteRunOutputs(
+    _ = attributed | "WriteOutputs" >> WriteRunOutputs(
         config.output.path,
         plan.output_schema,
         features=plan.attributed,
         slices=config.slices,
-        row_group_rows=config.output.row_group_rows,
         shards=config.output.shards,
         statistics=statistics_arguments(plan),
     )
@@ -349,20 +359,93 @@ def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int] | No
     return totals
 
 
-def _runner(options: PipelineOptions) -> Any:
-    """The runner to use: the DirectRunner means Beam's in-process FnApiRunner, never Prism.
+@dataclasses.dataclass
+class _Runner:
+    """The runner a job runs on, and what igbeam set up for it.
 
-    Beam 2.77's DirectRunner first tries Prism, which it downloads from the internet at run time
-    (and falls back to the FnApiRunner when it cannot). igbeam never downloads at run time, so
-    the DirectRunner (named or the default) runs on the FnApiRunner directly; it honours
-    `--direct_running_mode` and `--direct_num_workers`. Name `--runner=PrismRunner` to opt in.
+    Attributes:
+      runner: A runner instance, or None to let Beam resolve `--runner`.
+      name: What ran, for the summary ("FnApiRunner", "DaskRunner", "DataflowRunner", ...).
+      processes: Worker processes per machine, when known (for the TensorFlow threads).
+      threads: `EngineSpec.threads` for the workers.
+      cluster: A Dask `LocalCluster` igbeam started (closed after the run), else None.
     """
-    name = options.view_as(StandardOptions).runner
-    if name is None or name.lower() in ("directrunner", "direct"):
+
+    runner: Any
+    name: str
+    processes: int | None
+    threads: int
+    cluster: Any = None
+
+
+_DASK_NAMES = ("dask", "daskrunner", "apache_beam.runners.dask.dask_runner.daskrunner")
+_DIRECT_NAMES = ("direct", "directrunner")
+
+
+def _runner(options: PipelineOptions, config: JobConfig, files: int) -> _Runner:
+    """Picks the runner (see `run_job`) and sizes the workers' TensorFlow threads.
+
+    * DirectRunner (named or the default): Beam's in-process FnApiRunner, never Prism (which
+      Beam 2.77's DirectRunner would first download at run time); it honours
+      `--direct_running_mode` and `--direct_num_workers`. `--runner=PrismRunner` opts in.
+    * DaskRunner: `--dask_client_address` (or `--dask_scheduler_file`) names a running
+      scheduler; without one igbeam starts a `LocalCluster`, one worker process per core with
+      one thread each, and closes it after the run. Each input file is a partition unless
+      `--dask_npartitions`/`--dask_partition_size` say otherwise.
+    * Anything else is Beam's (`--runner=DataflowRunner`, `FlinkRunner`, `PortableRunner`...).
+    """
+    name = (options.view_as(StandardOptions).runner or "").strip()
+    configured = config.workers.threads
+    cores = os.cpu_count() or 1
+    if name.lower() in ("", *_DIRECT_NAMES):
+        from apache_beam.options.pipeline_options import DirectOptions
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-        return FnApiRunner()
-    return None
+        direct = options.view_as(DirectOptions)
+        processes = 1
+        if direct.direct_running_mode == "multi_processing":
+            processes = direct.direct_num_workers or cores
+        threads = configured or (max(1, cores // processes) if processes > 1 else 0)
+        return _Runner(FnApiRunner(), "FnApiRunner", processes, threads)
+    if name.lower() in _DASK_NAMES:
+        return _dask_runner(options, configured, files, cores)
+    processes = None
+    threads = configured
+    if name.lower() in ("dataflow", "dataflowrunner"):
+        from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOptions
+
+        experiments = options.view_as(DebugOptions).experiments or []
+        services = options.view_as(GoogleCloudOptions).dataflow_service_options or []
+        one_process = "no_use_multiple_sdk_containers" in experiments or any(
+            "worker_accelerator" in s for s in services
+        )
+        threads = configured or (0 if one_process else 1)  # else one SDK process per vCPU
+    return _Runner(None, name, processes, threads)
+
+
+def _dask_runner(options: PipelineOptions, configured: int, files: int, cores: int) -> _Runner:
+    try:
+        from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner
+    except ImportError as err:
+        raise JobError(
+            "the DaskRunner needs dask.distributed: pip install 'igbeam[dask]' "
+            f"(apache-beam[dask]): {one_line(err)}"
+        ) from err
+    dask = options.view_as(DaskOptions)
+    cluster = None
+    quiet = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
+    logging.getLogger("distributed").setLevel(quiet)  # its INFO lines unless igbeam is verbose
+    if not dask.address and not dask.scheduler_file:
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(
+            n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        dask.address = cluster.scheduler_address
+    if not dask.npartitions and not dask.partition_size:
+        dask.npartitions = max(1, files)  # one file per partition: files spread over workers
+    threads = configured or DASK_WORKER_THREADS
+    return _Runner(DaskRunner(), "DaskRunner", cores if cluster else None, threads, cluster)
 
 
 def library_versions() -> dict[str, str]:
@@ -419,13 +502,25 @@ def run_job(
     with FileSystems.create(_join(out, SCHEMA_FILE)) as f:
         f.write(schema_to_text(plan.schema).encode())
     options = PipelineOptions(list(beam_args))
-    pipeline = beam.Pipeline(runner=_runner(options), options=options)
-    build_pipeline(pipeline, plan)
     # Workers in this process (the DirectRunner) take the launcher's engine instead of loading
     # the model a second time; elsewhere each worker process loads its own.
-    with offer_loaded_engine(plan.spec, plan.loaded), _progress(plan, progress_interval):
-        result = pipeline.run()
-        state = result.wait_until_finish()
+    with _progress(plan, progress_interval):
+        chosen = _runner(options, config, len(plan.files))
+        try:
+            plan = dataclasses.replace(
+                plan, spec=dataclasses.replace(plan.spec, threads=chosen.threads)
+            )
+            pipeline = beam.Pipeline(runner=chosen.runner, options=options)
+            build_pipeline(pipeline, plan)
+            with offer_loaded_engine(plan.spec, plan.loaded):
+                result = pipeline.run()
+                state = result.wait_until_finish()
+        finally:
+            client = getattr(locals().get("result"), "client", None)  # a DaskRunnerResult's
+            if client is not None:
+                client.close()
+            if chosen.cluster is not None:
+                chosen.cluster.close()
     if state not in (None, beam.runners.runner.PipelineState.DONE):
         raise RuntimeError(f"pipeline finished in state {state}")
     _ensure_file(_join(out, ATTRIBUTIONS_DIR), plan.output_schema)
@@ -441,10 +536,11 @@ def run_job(
     duplicate_rows, _ = _parquet_rows(_join(out, DUPLICATE_KEYS_DIR, "*.parquet"))
     counters = _counters(result)
     versions = library_versions()
-    accounting = _accounting(counters, attributed_rows, dead_rows)
+    counted = _read_counts(out)
+    accounting = _accounting(counted["counts"], counters, attributed_rows, dead_rows)
     wall = time.time() - start
     dead_by_stage = {
-        stage: (counters or {}).get(name, 0) for stage, name in DEAD_LETTER_COUNTERS.items()
+        stage: counted["counts"].get("dead_letters_" + stage, 0) for stage in DEAD_LETTER_COUNTERS
     }
     records = accounting["records_read"]
     fraction = dead_rows / records if records else 0.0
@@ -462,6 +558,7 @@ def run_job(
             "attribution_files": len(attribution_files),
         },
         "accounting": accounting,
+        "workers": _workers(counted["workers"], chosen),
         "max_dead_letter_fraction": config.max_dead_letter_fraction,
         "metrics": counters,
         "wall_seconds": round(wall, 3),
@@ -503,15 +600,53 @@ def run_job(
     return summary
 
 
-def _accounting(counters: dict[str, int] | None, attributed: int, dead: int) -> dict[str, Any]:
-    """records read (good frames + damaged frames/spans) vs attributed + dead-lettered."""
-    if counters is None:  # a runner without metrics: the invariant cannot be checked
+def _read_counts(out: str) -> dict[str, Any]:
+    """The pipeline's own counts (`counts.json`, written as data by its last steps)."""
+    path = _join(out, COUNTS_FILE)
+    if not FileSystems.exists(path):  # the pipeline did not finish its totals
+        return {"counts": {}, "workers": []}
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return json.loads(f.read())
+
+
+def _accounting(
+    counts: dict[str, int], counters: dict[str, int] | None, attributed: int, dead: int
+) -> dict[str, Any]:
+    """Records read vs examples attributed + records dead-lettered, on every runner.
+
+    The pipeline counts what it read, attributed and dead-lettered as data (`counts.json`);
+    the rows actually written are counted from the Parquet footers. Beam metrics, where the
+    runner has them, are a second opinion (`metrics_agree`).
+    """
+    if not counts:
         return {"records_read": attributed + dead, "balanced": None, "checked": False}
-    read = counters.get(RECORDS_READ, 0) + counters.get(READ_DEAD_LETTERS, 0)
+    read = counts.get("records_read", 0)
+    agree = None
+    if counters is not None:
+        agree = counters.get(RECORDS_READ, 0) + counters.get(READ_DEAD_LETTERS, 0) == read
     return {
         "records_read": read,
         "examples_attributed": attributed,
         "dead_lettered": dead,
-        "balanced": read == attributed + dead,
+        "balanced": (
+            read == attributed + dead
+            and counts.get("examples_attributed", 0) == attributed
+            and counts.get("dead_letters", 0) == dead
+        ),
         "checked": True,
+        "method": "pipeline counts as data (counts.json) vs rows in the Parquet footers",
+        "metrics_agree": agree,
+    }
+
+
+def _workers(workers: list[dict[str, Any]], chosen: _Runner) -> dict[str, Any]:
+    """The worker processes that attributed blocks, and the model loads among them."""
+    processes = {(w["host"], w["pid"]) for w in workers}
+    return {
+        "runner": chosen.name,
+        "processes": len(processes),
+        "hosts": len({w["host"] for w in workers}),
+        "model_loads": len({w["load_id"] for w in workers if w["load_id"]}),
+        "tensorflow_threads": sorted({w["threads"] for w in workers}),
+        "threads_setting": chosen.threads,
     }

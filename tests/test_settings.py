@@ -174,12 +174,19 @@ def test_public_names_resolve(package):
 
 
 def test_public_transforms_are_typed():
-    for name in ("ReadTFRecords", "ReadTFRecordFiles", "AttributeRecords", "WriteRunOutputs"):
+    names = (
+        "ReadBlocks",
+        "ReadTFRecords",
+        "ReadTFRecordFiles",
+        "AttributeBlocks",
+        "WriteRunOutputs",
+    )
+    for name in names:
         cls = getattr(transforms, name)
         assert issubclass(cls, beam.PTransform), name
         (base,) = [b for b in cls.__orig_bases__ if getattr(b, "__origin__", None)]
         assert base.__origin__ is beam.PTransform and len(base.__args__) == 2, name
-    assert transforms.AttributeResult._fields == ("results", "dead_letters")
+    assert transforms.AttributedBlock._fields[3:5] == ("results", "dead_letters")
     assert transforms.ReadResult._fields == ("records", "dead_letters")
 
 

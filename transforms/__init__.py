@@ -2,7 +2,7 @@
 
 The public surface, re-exported from the modules that implement it::
 
-    from transforms import ReadTFRecords, AttributeRecords, WriteRunOutputs
+    from transforms import ReadBlocks, AttributeBlocks, WriteRunOutputs
 
 Names load on first use (PEP 562), so `import transforms.tfrecords` (the pure record reader) or
 `import transforms.constants` does not import Apache Beam.
@@ -16,6 +16,8 @@ from attribution.lazy import lazy_exports
 
 _EXPORTS = {
     # reading
+    "Block": "transforms.records",
+    "ReadBlocks": "transforms.records",
     "ReadTFRecords": "transforms.records",
     "ReadTFRecordFiles": "transforms.records",
     "ReadResult": "transforms.records",
@@ -24,8 +26,8 @@ _EXPORTS = {
     "RecordChunk": "transforms.tfrecords",
     "iter_tfrecord_file": "transforms.tfrecords",
     # attribution
-    "AttributeRecords": "transforms.attribute",
-    "AttributeResult": "transforms.attribute",
+    "AttributeBlocks": "transforms.attribute",
+    "AttributedBlock": "transforms.attribute",
     "AttributeBatchDoFn": "transforms.attribute",
     "Attributor": "transforms.attribute",
     "EngineSpec": "transforms.attribute",
@@ -42,14 +44,16 @@ _EXPORTS = {
 __all__ = [
     "DEAD_LETTER_SCHEMA",
     "AttributeBatchDoFn",
-    "AttributeRecords",
-    "AttributeResult",
+    "AttributeBlocks",
+    "AttributedBlock",
     "AttributionStatistics",
     "AttributionStatsCombineFn",
     "Attributor",
+    "Block",
     "ComputeAttributionStatistics",
     "DeadLetter",
     "EngineSpec",
+    "ReadBlocks",
     "ReadResult",
     "ReadTFRecordFiles",
     "ReadTFRecords",
@@ -63,14 +67,21 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from transforms.attribute import (
         AttributeBatchDoFn,
-        AttributeRecords,
-        AttributeResult,
+        AttributeBlocks,
+        AttributedBlock,
         Attributor,
         EngineSpec,
     )
     from transforms.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
     from transforms.outputs import WriteRunOutputs
-    from transforms.records import ReadResult, ReadTFRecordFiles, ReadTFRecords, expand_file_pattern
+    from transforms.records import (
+        Block,
+        ReadBlocks,
+        ReadResult,
+        ReadTFRecordFiles,
+        ReadTFRecords,
+        expand_file_pattern,
+    )
     from transforms.statistics import (
         AttributionStatistics,
         AttributionStatsCombineFn,

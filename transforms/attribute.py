@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import socket
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -48,18 +51,23 @@ from transforms.constants import (
 )
 from transforms.dead_letters import DeadLetter
 from transforms.decode import ExampleDecoder, dense_column, fixed_length, scalar_or_list
-from transforms.tfrecords import Record, RecordChunk, chunk_length, chunk_records
+from transforms.records import Block
+from transforms.tfrecords import Record, RecordChunk, chunk_records
 
 __all__ = [
+    "DASK_WORKER_THREADS",
     "RESULT_FIELDS",
     "AttributeBatchDoFn",
-    "AttributeRecords",
-    "AttributeResult",
+    "AttributeBlockDoFn",
+    "AttributeBlocks",
+    "AttributedBlock",
     "Attributor",
     "EngineSpec",
     "LoadedEngine",
     "LoadedExport",
+    "WorkerInfo",
     "attribution_schema",
+    "configure_threads",
     "offer_loaded_engine",
 ]
 
@@ -108,19 +116,25 @@ class EngineSpec:
       attribution: The attribution section (method, steps, baseline, target, layer, output).
       features: The attributed features (None: every model input).
       max_rows_per_call: The engine's row bound per gradient call.
+      threads: TensorFlow's intra- and inter-op threads in each worker process: 0 leaves
+        TensorFlow's default (every core), `DASK_WORKER_THREADS` takes the Dask worker's
+        `nthreads` (see `configure_threads`).
     """
 
     model: ModelConfig
     attribution: AttributionConfig = dataclasses.field(default_factory=AttributionConfig)
     features: tuple[str, ...] | None = None
     max_rows_per_call: int | None = None
+    threads: int = 0
 
     def load(self) -> Attributor:
         """Loads the model(s) and builds the compiled engine (expensive; once per process).
 
         With `signature: integrated_gradients` the model is an igbeam export: only the SavedModel
-        is loaded and its signature called (every engine setting is baked into it).
+        is loaded and its signature called (every engine setting is baked into it). TensorFlow's
+        thread pools are sized first (`threads`, see `configure_threads`).
         """
+        configure_threads(self.threads)
         model = self.model
         if model.signature == IG_SIGNATURE:
             return LoadedExport(ExportedAttributor(model.path))
@@ -135,6 +149,46 @@ class EngineSpec:
             max_rows_per_call=self.max_rows_per_call,
         )
         return LoadedEngine(adapter, preprocess, engine)
+
+
+DASK_WORKER_THREADS = -1
+"""`EngineSpec.threads`: as many TensorFlow threads as the Dask worker process has threads."""
+
+_THREADS: dict[str, int] = {}
+"""The TensorFlow threads this process was given ("applied"), once sized."""
+
+
+def configure_threads(threads: int) -> int:
+    """Sizes TensorFlow's thread pools in this process before it runs anything; returns them.
+
+    Worker processes that share a machine would each size their pools to every core and
+    oversubscribe it (two processes on two cores measured 0.55x one). `threads` > 0 sets the
+    intra- and inter-op pools; `DASK_WORKER_THREADS` uses the Dask worker's `nthreads`; 0 keeps
+    TensorFlow's default. A process whose TensorFlow already ran keeps its pools (returns 0).
+    """
+    if "applied" in _THREADS:
+        return _THREADS["applied"]
+    if threads == DASK_WORKER_THREADS:
+        threads = _dask_worker_threads()
+    applied = 0
+    if threads > 0:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+            applied = threads
+        except RuntimeError:  # TensorFlow is initialised: its pools are fixed for this process
+            applied = 0
+    _THREADS["applied"] = applied
+    return applied
+
+
+def _dask_worker_threads() -> int:
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):  # not in a Dask worker
+        return 0
 
 
 _OFFERED: dict[str, Attributor] = {}
@@ -387,12 +441,24 @@ class AttributeBatchDoFn(beam.DoFn):
             # Metrics updated in setup() are not attributed to a step: count it in process().
             self._load_to_report = True
             offered = _OFFERED.pop(repr(self._spec), None)
-            return offered if offered is not None else self._spec.load()
+            loaded = offered if offered is not None else self._spec.load()
+            loaded.load_id = uuid.uuid4().hex  # type: ignore[attr-defined] - told apart in counts
+            return loaded
 
         self._load_to_report = False
         self._loaded = self._shared.acquire(build, tag=repr(self._spec))
         schema = schema_pb2.Schema.FromString(self._schema_bytes)
         self._decoder = ExampleDecoder(schema)
+
+    @property
+    def worker(self) -> WorkerInfo:
+        """This process and the engine it holds (after `setup()`), as counts report them."""
+        return WorkerInfo(
+            socket.gethostname(),
+            os.getpid(),
+            getattr(self._loaded, "load_id", ""),
+            _THREADS.get("applied", 0),
+        )
 
     # ----------------------------------------------------------------------------------- steps
 
@@ -578,24 +644,84 @@ class AttributeBatchDoFn(beam.DoFn):
             )
 
 
-class AttributeResult(NamedTuple):
-    """The outputs of `AttributeRecords`.
+class WorkerInfo(NamedTuple):
+    """A worker process as the job's counts see it (one model load per process is checked).
 
     Attributes:
-      results: PCollection of `pa.RecordBatch`, per-example results with the output schema.
-      dead_letters: PCollection of `DeadLetter` (stages decode, validate, model).
+      host, pid: The process.
+      load_id: The engine it holds (a new id per model load in a process).
+      threads: The TensorFlow threads it was given (0: TensorFlow's default).
     """
 
-    results: beam.PCollection[pa.RecordBatch]
-    dead_letters: beam.PCollection[DeadLetter]
+    host: str
+    pid: int
+    load_id: str
+    threads: int
 
 
-class AttributeRecords(beam.PTransform[beam.PCollection[RecordChunk], AttributeResult]):
-    """Batches record chunks and attributes them: PCollection[RecordChunk] -> AttributeResult.
+class AttributedBlock(NamedTuple):
+    """A `Block` attributed: its per-example results and every dead letter of its records.
 
-    The input holds record chunks (`ReadTFRecords(..., chunk_size=batch_size)`), batched to
-    about `batch_size` records per model call without one Beam element per record. The engine
-    is built from `spec` in each worker's `setup()` (one per process), never here.
+    Attributes:
+      file_index, block_index, path: The block (see `transforms.records.Block`).
+      results: `pa.RecordBatch`es of per-example results (the results schema).
+      dead_letters: The block's dead letters: read (damaged data), decode, validate, model.
+      records_read: Intact records plus damaged records and spans read in this block.
+      last: Whether this is the file's last block.
+      worker: The process that attributed it.
+    """
+
+    file_index: int
+    block_index: int
+    path: str
+    results: list[pa.RecordBatch]
+    dead_letters: list[DeadLetter]
+    records_read: int
+    last: bool
+    worker: WorkerInfo
+
+
+class AttributeBlockDoFn(beam.DoFn):
+    """`Block` -> `AttributedBlock`: `AttributeBatchDoFn` over each of the block's chunks.
+
+    One output and nothing emitted from `finish_bundle` (the forms every runner executes, Beam's
+    DaskRunner included); the batch DoFn does the work, one model batch per chunk.
+    """
+
+    def __init__(self, batch_fn: AttributeBatchDoFn) -> None:
+        super().__init__()
+        self._fn = batch_fn
+
+    def setup(self) -> None:
+        self._fn.setup()
+
+    def process(self, block: Block) -> Iterator[AttributedBlock]:
+        results: list[pa.RecordBatch] = []
+        dead = list(block.dead_letters)
+        for chunk in block.chunks:
+            for out in self._fn.process([chunk]):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    dead.append(out.value)
+                else:
+                    results.append(out)
+        progress.flush()
+        yield AttributedBlock(
+            block.file_index,
+            block.block_index,
+            block.path,
+            results,
+            dead,
+            block.records + len(block.dead_letters),
+            block.last,
+            self._fn.worker,
+        )
+
+
+class AttributeBlocks(beam.PTransform[beam.PCollection[Block], beam.PCollection[AttributedBlock]]):
+    """Attributes `Block`s: PCollection[Block] -> PCollection[AttributedBlock].
+
+    The engine is built from `spec` in each worker's `setup()` (one per process, shared by every
+    copy of the DoFn), never here. Arguments as `AttributeBatchDoFn`'s.
     """
 
     def __init__(
@@ -604,37 +730,21 @@ class AttributeRecords(beam.PTransform[beam.PCollection[RecordChunk], AttributeR
         schema: schema_pb2.Schema,
         output_schema: pa.Schema,
         *,
-        batch_size: int,
         key_feature: str | None = None,
         passthrough: Sequence[str] = (),
         input_features: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        self._spec = spec
-        self._schema = schema
-        self._output_schema = output_schema
-        self._batch_size = batch_size
-        self._key_feature = key_feature
-        self._passthrough = passthrough
-        self._input_features = input_features
-
-    def expand(self, records: beam.PCollection[RecordChunk]) -> AttributeResult:
-        fn = AttributeBatchDoFn(
-            self._spec,
-            self._schema,
-            self._output_schema,
-            key_feature=self._key_feature,
-            passthrough=self._passthrough,
-            input_features=self._input_features,
-        )
-        outputs = (
-            records
-            | "BatchRecords"
-            >> beam.BatchElements(
-                min_batch_size=self._batch_size,
-                max_batch_size=self._batch_size,
-                element_size_fn=chunk_length,
+        self._fn = AttributeBlockDoFn(
+            AttributeBatchDoFn(
+                spec,
+                schema,
+                output_schema,
+                key_feature=key_feature,
+                passthrough=passthrough,
+                input_features=input_features,
             )
-            | "Attribute" >> beam.ParDo(fn).with_outputs(DEAD_LETTER_TAG, main="results")
         )
-        return AttributeResult(outputs.results, outputs[DEAD_LETTER_TAG])
+
+    def expand(self, blocks: beam.PCollection[Block]) -> beam.PCollection[AttributedBlock]:
+        return blocks | "Attribute" >> beam.ParDo(self._fn)

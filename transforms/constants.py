@@ -55,6 +55,7 @@ SLICE_REPLICATES_FILE = "slices_replicates.parquet"  # in STATISTICS_DIR: per re
 DEAD_LETTER_DIR = "dead_letter"  # part-*.parquet, records not attributed
 DUPLICATE_KEYS_DIR = "duplicate_keys"  # part-*.parquet, keys seen more than once
 SCHEMA_FILE = "schema.pbtxt"  # the TFMD schema used
+COUNTS_FILE = "counts.json"  # the pipeline's own counts, as data (every runner), and workers
 SUMMARY_FILE = "summary.json"
 SUCCESS_FILE = "_SUCCESS"  # written last
 OUTPUT_PARTS = (
@@ -63,6 +64,10 @@ OUTPUT_PARTS = (
     DEAD_LETTER_DIR,
     DUPLICATE_KEYS_DIR,
     SCHEMA_FILE,
+    COUNTS_FILE,
     SUMMARY_FILE,
 )
 """Everything a run writes except `SUCCESS_FILE`; a rerun removes these first."""
+
+# Blocks: the unit a worker reads, attributes and writes (one attributions file, one row group).
+BLOCK_BYTES = 64 << 20  # serialized record bytes per block, at most (rows: output.row_group_rows)

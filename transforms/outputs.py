@@ -3,12 +3,12 @@
 `WriteRunOutputs` is the one transform behind everything a run writes under `output.path`
 (names in `transforms.constants`):
 
-  attributions/part-*.parquet   per-example results, merged into row groups of about
-                                `row_group_rows` rows (explicit schema: `attribution_schema`)
-  statistics/features.parquet   per slice and feature (`transforms.statistics`)
-  statistics/slices.parquet     per slice
+  attributions/part-*.parquet   per-example results, one file per block of up to
+                                `row_group_rows` records (explicit schema: `attribution_schema`)
+  statistics/*.parquet          per slice and feature, per slice, histograms, inputs, replicates
   duplicate_keys/part-*.parquet keys seen more than once (reported, never dropped)
   dead_letter/part-*.parquet    records not attributed, with stage, reason and raw bytes
+  counts.json                   the pipeline's own counts (as data) and worker processes
 
 The launcher (`pipeline.job`) writes `schema.pbtxt`, `summary.json` and `_SUCCESS`.
 """
@@ -18,19 +18,20 @@ from __future__ import annotations
 import collections
 import io
 import itertools
+import json
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms import window
-from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.attribute import AttributedBlock, WorkerInfo
 from transforms.constants import (
     ATTRIBUTIONS_DIR,
+    COUNTS_FILE,
     DEAD_LETTER_DIR,
     DUPLICATE_KEYS_DIR,
     FEATURE_REPLICATES_FILE,
@@ -42,14 +43,15 @@ from transforms.constants import (
     SLICE_STATISTICS_FILE,
     STATISTICS_DIR,
 )
-from transforms.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter, dead_letter_to_row
-from transforms.statistics import AttributionStatistics, ComputeAttributionStatistics
+from transforms.dead_letters import DEAD_LETTER_SCHEMA, dead_letter_to_row
+from transforms.statistics import AttributionStatistics, AttributionStatsCombineFn
 
 __all__ = [
     "DUPLICATE_KEYS_SCHEMA",
     "KEY_BUCKETS",
     "STATISTICS_FILES",
-    "RunOutputs",
+    "BlockResult",
+    "RunTotals",
     "WriteRunOutputs",
     "write_parquet_file",
     "write_statistics",
@@ -67,52 +69,12 @@ KEY_BUCKETS = 1024
 element in the shuffle)."""
 
 
-class RunOutputs(NamedTuple):
-    """What a run writes, as PCollections.
-
-    Attributes:
-      results: `pa.RecordBatch`es of per-example results (the output schema).
-      dead_letters: `DeadLetter`s of every stage.
-    """
-
-    results: beam.PCollection[pa.RecordBatch]
-    dead_letters: beam.PCollection[DeadLetter]
-
-
 def write_parquet_file(path: str, table: pa.Table) -> None:
     """Writes `table` as one Parquet file at `path` (any Beam filesystem)."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     with FileSystems.create(path) as f:
         f.write(buffer.getvalue())
-
-
-class _MergeTables(beam.DoFn):
-    """Merges small RecordBatches into tables of about `rows` rows (one Parquet row group each)."""
-
-    def __init__(self, rows: int) -> None:
-        self._rows = rows
-
-    def start_bundle(self) -> None:
-        self._pending: list[pa.RecordBatch] = []
-        self._count = 0
-
-    def process(self, batch: pa.RecordBatch) -> Iterator[pa.Table]:
-        self._pending.append(batch)
-        self._count += batch.num_rows
-        if self._count >= self._rows:
-            yield self._flush()
-
-    def _flush(self) -> pa.Table:
-        table = pa.Table.from_batches(self._pending).combine_chunks()
-        self._pending, self._count = [], 0
-        return table
-
-    def finish_bundle(self) -> Iterator[WindowedValue]:
-        if self._pending:
-            yield WindowedValue(
-                self._flush(), window.GlobalWindow().max_timestamp(), [window.GlobalWindow()]
-            )
 
 
 def _key_buckets(table: pa.Table) -> Iterator[tuple[int, list[str]]]:
@@ -145,17 +107,193 @@ def write_statistics(directory: str, stats: AttributionStatistics) -> None:
         write_parquet_file(FileSystems.join(directory, name), getattr(stats, table))
 
 
-class _WriteStatistics(beam.DoFn):
-    def __init__(self, directory: str) -> None:
-        self._dir = directory
+class BlockResult(NamedTuple):
+    """What writing one attributed block leaves: its counts and its statistics, as data.
 
-    def process(self, stats: AttributionStatistics) -> Iterator[int]:
-        write_statistics(self._dir, stats)
-        yield stats.slices.num_rows
+    Attributes:
+      counts: `Counts` of the block.
+      statistics: The block's statistics accumulator (`AttributionStatsCombineFn`).
+      key_buckets: (bucket, keys) for the duplicate-key check.
+      worker: The process that attributed the block.
+    """
+
+    counts: dict[str, int]
+    statistics: Any
+    key_buckets: list[tuple[int, list[str]]]
+    worker: WorkerInfo
 
 
-class WriteRunOutputs(beam.PTransform[RunOutputs, beam.pvalue.PDone]):
-    """Writes a run's attributions, statistics, duplicate keys and dead letters.
+def _counts(block: AttributedBlock) -> dict[str, int]:
+    counts = collections.Counter(
+        {
+            "records_read": block.records_read,
+            "examples_attributed": sum(b.num_rows for b in block.results),
+            "dead_letters": len(block.dead_letters),
+            "files_read": int(block.last),
+            "blocks": 1,
+        }
+    )
+    for letter in block.dead_letters:
+        counts["dead_letters_" + letter.stage] += 1
+    return dict(counts)
+
+
+class _WriteBlockDoFn(beam.DoFn):
+    """Writes one block's attributions and dead letters; yields its `BlockResult`.
+
+    Files are named after the block (`part-<file>-<block>.parquet`), so a retried block
+    rewrites its own files: no temporary files to rename, nothing emitted from `finish_bundle`.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        output_schema: pa.Schema,
+        statistics: AttributionStatsCombineFn,
+        write_attributions: bool,
+    ) -> None:
+        super().__init__()
+        self._dir = output_dir
+        self._schema = output_schema
+        self._statistics = statistics
+        self._write_attributions = write_attributions
+
+    def process(self, block: AttributedBlock) -> Iterator[BlockResult]:
+        name = f"part-{block.file_index:05d}-{block.block_index:05d}.parquet"
+        table = _results_table(block)
+        if self._write_attributions and table.num_rows:
+            write_parquet_file(
+                FileSystems.join(self._dir, ATTRIBUTIONS_DIR, name),
+                table.select(self._schema.names).cast(self._schema),
+            )
+        if block.dead_letters:
+            rows = [dead_letter_to_row(letter) for letter in block.dead_letters]
+            write_parquet_file(
+                FileSystems.join(self._dir, DEAD_LETTER_DIR, name),
+                pa.Table.from_pylist(rows, schema=DEAD_LETTER_SCHEMA),
+            )
+        accumulator = self._statistics.create_accumulator()
+        if table.num_rows:
+            for batch in table.to_batches():
+                accumulator = self._statistics.add_input(accumulator, batch)
+            accumulator = self._statistics.compact(accumulator)
+        buckets = list(_key_buckets(table)) if table.num_rows else []
+        yield BlockResult(_counts(block), accumulator, buckets, block.worker)
+
+
+def _results_table(block: AttributedBlock) -> pa.Table:
+    if not block.results:
+        return pa.table({KEY_COLUMN: pa.array([], pa.string())})
+    return pa.Table.from_batches(block.results).combine_chunks()
+
+
+class RunTotals(NamedTuple):
+    """The whole run's counts, statistics and worker processes (`CombineRunTotals`)."""
+
+    counts: dict[str, int]
+    statistics: AttributionStatistics
+    workers: list[WorkerInfo]
+
+
+class _TotalsCombineFn(beam.CombineFn):
+    """Sums block counts, merges block statistics and collects the worker processes."""
+
+    def __init__(self, statistics: AttributionStatsCombineFn) -> None:
+        super().__init__()
+        self._statistics = statistics
+
+    def create_accumulator(self) -> tuple[collections.Counter, Any, set]:
+        return collections.Counter(), self._statistics.create_accumulator(), set()
+
+    def add_input(self, accumulator: tuple, result: BlockResult) -> tuple:
+        counts, stats, workers = accumulator
+        counts.update(result.counts)
+        stats = self._statistics.merge_accumulators([stats, result.statistics])
+        workers.add(result.worker)
+        return counts, stats, workers
+
+    def merge_accumulators(self, accumulators: Iterable[tuple]) -> tuple:
+        accumulators = list(accumulators)
+        counts = collections.Counter()
+        workers: set = set()
+        for c, _, w in accumulators:
+            counts.update(c)
+            workers |= w
+        stats = self._statistics.merge_accumulators([a[1] for a in accumulators])
+        return counts, stats, workers
+
+    def compact(self, accumulator: tuple) -> tuple:
+        counts, stats, workers = accumulator
+        return counts, self._statistics.compact(stats), workers
+
+    def extract_output(self, accumulator: tuple) -> RunTotals:
+        counts, stats, workers = accumulator
+        return RunTotals(dict(counts), self._statistics.extract_output(stats), sorted(workers))
+
+
+class _WriteTotals(beam.DoFn):
+    def __init__(self, output_dir: str) -> None:
+        self._dir = output_dir
+
+    def process(self, totals: RunTotals) -> Iterator[int]:
+        write_statistics(FileSystems.join(self._dir, STATISTICS_DIR), totals.statistics)
+        record = {"counts": totals.counts, "workers": [w._asdict() for w in totals.workers]}
+        with FileSystems.create(FileSystems.join(self._dir, COUNTS_FILE)) as f:
+            f.write(json.dumps(record, sort_keys=True).encode())
+        yield 1
+
+
+class _WriteDuplicateKeys(beam.DoFn):
+    def __init__(self, output_dir: str) -> None:
+        self._dir = output_dir
+
+    def process(self, rows: list[dict]) -> Iterator[int]:
+        table = pa.Table.from_pylist(
+            sorted(rows, key=lambda r: r["key"]), schema=DUPLICATE_KEYS_SCHEMA
+        )
+        write_parquet_file(
+            FileSystems.join(self._dir, DUPLICATE_KEYS_DIR, "part-00000.parquet"), table
+        )
+        yield 1
+
+
+class _WriteShard(beam.DoFn):
+    """Writes one shard of the attributions (`output.shards` > 0): its tables, one file."""
+
+    def __init__(self, output_dir: str, output_schema: pa.Schema, shards: int) -> None:
+        self._dir = output_dir
+        self._schema = output_schema
+        self._shards = shards
+
+    def process(self, shard_tables: tuple[int, Iterable[pa.Table]]) -> Iterator[int]:
+        shard, tables = shard_tables
+        name = f"part-{shard:05d}-of-{self._shards:05d}.parquet"
+        buffer = io.BytesIO()
+        rows = 0
+        with pq.ParquetWriter(buffer, self._schema) as writer:
+            for table in tables:
+                writer.write_table(table)
+                rows += table.num_rows
+        with FileSystems.create(FileSystems.join(self._dir, ATTRIBUTIONS_DIR, name)) as f:
+            f.write(buffer.getvalue())
+        yield rows
+
+
+def _shard_tables(block: AttributedBlock, schema: pa.Schema, shards: int) -> Iterator[tuple]:
+    table = _results_table(block)
+    if table.num_rows:
+        shard = zlib.crc32(f"{block.file_index}/{block.block_index}".encode()) % shards
+        yield shard, table.select(schema.names).cast(schema)
+
+
+class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pvalue.PDone]):
+    """Writes a run's attributions, statistics, duplicate keys, dead letters and counts.
+
+    Every step has one output and emits nothing from `finish_bundle`, global combines inject no
+    default (a side input the DaskRunner does not resolve there), and every branch ends in one
+    last step (`Done`): the forms every runner executes (Beam's DaskRunner computes only the
+    graph behind the last step). Counts travel as data (`counts.json`), so the accounting
+    never depends on a runner's metrics.
 
     Args:
       output_dir: The run's `output.path`.
@@ -163,8 +301,8 @@ class WriteRunOutputs(beam.PTransform[RunOutputs, beam.pvalue.PDone]):
         results' columns (the others, e.g. `in_<feature>` input values, only feed statistics).
       features: The attributed names (statistics read `attr_<name>`).
       slices: Slice specs of the statistics (lists of pass-through columns).
-      row_group_rows: Rows per Parquet row group of the attributions.
-      shards: Attribution files; 0 lets the runner decide.
+      shards: Attribution files; 0 writes one file per block (a row group of up to
+        `output.row_group_rows` rows), N > 0 shuffles the blocks into N files.
       statistics: More keyword arguments of `AttributionStatsCombineFn` (replicates,
         histogram buckets, inputs to describe).
     """
@@ -176,62 +314,44 @@ class WriteRunOutputs(beam.PTransform[RunOutputs, beam.pvalue.PDone]):
         *,
         features: Sequence[str],
         slices: Sequence[Sequence[str]] = (),
-        row_group_rows: int = 65536,
         shards: int = 0,
         statistics: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self._dir = output_dir
         self._schema = output_schema
-        self._features = list(features)
-        self._slices = [list(s) for s in slices]
-        self._row_group_rows = row_group_rows
         self._shards = shards
-        self._statistics = dict(statistics or {})
+        self._statistics = AttributionStatsCombineFn(
+            features=list(features), slices=[list(s) for s in slices], **dict(statistics or {})
+        )
 
-    def _path(self, *parts: str) -> str:
-        return FileSystems.join(self._dir, *parts)
-
-    def expand(self, outputs: RunOutputs) -> beam.pvalue.PDone:
-        # Large tables feed the writer (one row group each), the statistics and the key check,
-        # so those steps see a few large elements rather than one per model batch.
-        tables = outputs.results | "MergeRowGroups" >> beam.ParDo(
-            _MergeTables(self._row_group_rows)
+    def expand(self, blocks: beam.PCollection[AttributedBlock]) -> beam.pvalue.PDone:
+        results = blocks | "WriteBlocks" >> beam.ParDo(
+            _WriteBlockDoFn(self._dir, self._schema, self._statistics, self._shards == 0)
         )
-        written = tables | "SelectWrittenColumns" >> beam.Map(
-            lambda table, names: table.select(names), self._schema.names
-        )  # zero-copy; drops the columns that only feed statistics
-        _ = written | "WriteAttributions" >> beam.io.WriteToParquetBatched(
-            self._path(ATTRIBUTIONS_DIR, "part"),
-            self._schema,
-            num_shards=self._shards,
-            file_name_suffix=".parquet",
-        )
-        _ = (
-            tables
-            | "ComputeStatistics"
-            >> ComputeAttributionStatistics(
-                features=self._features, slices=self._slices, **self._statistics
-            )
-            | "WriteStatistics" >> beam.ParDo(_WriteStatistics(self._path(STATISTICS_DIR)))
-        )
-        _ = (
-            tables
-            | "BucketKeys" >> beam.FlatMap(_key_buckets)
+        done = [
+            results
+            | "CombineTotals"
+            >> beam.CombineGlobally(_TotalsCombineFn(self._statistics)).without_defaults()
+            | "WriteTotals" >> beam.ParDo(_WriteTotals(self._dir)),
+            results
+            | "KeyBuckets" >> beam.FlatMap(lambda r: r.key_buckets)
             | "GroupKeyBuckets" >> beam.GroupByKey()
             | "FindDuplicateKeys" >> beam.FlatMap(_duplicates)
-            | "WriteDuplicateKeys"
-            >> self._rows_to_parquet(DUPLICATE_KEYS_DIR, DUPLICATE_KEYS_SCHEMA)
-        )
+            | "CollectDuplicateKeys"
+            >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
+            | "WriteDuplicateKeys" >> beam.ParDo(_WriteDuplicateKeys(self._dir)),
+        ]
+        if self._shards:
+            done.append(
+                blocks
+                | "ShardAttributions" >> beam.FlatMap(_shard_tables, self._schema, self._shards)
+                | "GroupShards" >> beam.GroupByKey()
+                | "WriteShards" >> beam.ParDo(_WriteShard(self._dir, self._schema, self._shards))
+            )
         _ = (
-            outputs.dead_letters
-            | "DeadLetterRows" >> beam.Map(dead_letter_to_row)
-            | "WriteDeadLetters" >> self._rows_to_parquet(DEAD_LETTER_DIR, DEAD_LETTER_SCHEMA)
-        )
-        return beam.pvalue.PDone(outputs.results.pipeline)
-
-    def _rows_to_parquet(self, directory: str, schema: pa.Schema) -> beam.PTransform:
-        """Writes dict rows as `directory/part-*.parquet` with an explicit schema."""
-        return beam.io.WriteToParquet(
-            self._path(directory, "part"), schema, file_name_suffix=".parquet"
-        )
+            tuple(done)
+            | "FlattenDone" >> beam.Flatten()
+            | "Done" >> beam.CombineGlobally(beam.combiners.CountCombineFn()).without_defaults()
+        )  # the last step: after everything written
+        return beam.pvalue.PDone(blocks.pipeline)

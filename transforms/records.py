@@ -40,6 +40,8 @@ from transforms.tfrecords import (
 )
 
 __all__ = [
+    "Block",
+    "ReadBlocks",
     "ReadResult",
     "ReadTFRecordFiles",
     "ReadTFRecords",
@@ -124,8 +126,20 @@ class ReadResult(NamedTuple):
     dead_letters: beam.PCollection
 
 
+_RECORDS_TAG = "records"
+
+
+def _select(tagged: tuple[str, object], tag: str) -> Iterator[object]:
+    if tagged[0] == tag:
+        yield tagged[1]
+
+
 class _ReadFileDoFn(beam.DoFn):
-    """Reads one TFRecord file: records on the main output, dead letters on DEAD_LETTER_TAG."""
+    """Reads one TFRecord file: ("records", record or chunk) and (DEAD_LETTER_TAG, letter).
+
+    One output of tagged pairs, split by `ReadTFRecordFiles` with one filter per kind: Beam's
+    DaskRunner does not route a ParDo's tagged outputs (every consumer sees all of them).
+    """
 
     def __init__(self, open_fn: OpenFn | None = None, chunk_size: int | None = None) -> None:
         super().__init__()
@@ -136,8 +150,8 @@ class _ReadFileDoFn(beam.DoFn):
         self._files_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, FILES_READ)
         self._bytes_read = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, BYTES_READ)
 
-    def process(self, path: str) -> Iterator[Record | RecordChunk | beam.pvalue.TaggedOutput]:
-        """Yields the records (or record chunks) of the file at `path` and tagged dead letters."""
+    def process(self, path: str) -> Iterator[tuple[str, Record | RecordChunk | DeadLetter]]:
+        """Yields the records (or record chunks) of the file at `path` and its dead letters."""
         self._files_read.inc()
         n_bytes = 0
 
@@ -153,11 +167,11 @@ class _ReadFileDoFn(beam.DoFn):
             if isinstance(item, DeadLetter):
                 self._dead_letters.inc()
                 progress.report(read_dead_letters=1)
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, item)
+                yield DEAD_LETTER_TAG, item
             elif self._chunk_size is None:
                 self._records_read.inc()
                 progress.report(records_read=1)
-                yield item
+                yield _RECORDS_TAG, item
             else:
                 indices.append(item.index)
                 offsets.append(item.offset)
@@ -165,12 +179,12 @@ class _ReadFileDoFn(beam.DoFn):
                 if len(payloads) >= self._chunk_size:
                     self._records_read.inc(len(payloads))
                     progress.report(records_read=len(payloads))
-                    yield (path, indices, offsets, payloads)
+                    yield _RECORDS_TAG, (path, indices, offsets, payloads)
                     indices, offsets, payloads = [], [], []
         if payloads:
             self._records_read.inc(len(payloads))
             progress.report(records_read=len(payloads))
-            yield (path, indices, offsets, payloads)
+            yield _RECORDS_TAG, (path, indices, offsets, payloads)
         self._bytes_read.update(n_bytes)
 
 
@@ -211,10 +225,132 @@ class ReadTFRecordFiles(beam.PTransform[beam.PCollection[str], ReadResult]):
           The records (or record chunks) and the dead letters (stage `STAGE_READ`).
         """
         read = _ReadFileDoFn(self._open_fn, self._chunk_size)
-        outputs = paths | "ReadFile" >> beam.ParDo(read).with_outputs(
-            DEAD_LETTER_TAG, main="records"
+        items = paths | "ReadFile" >> beam.ParDo(read)
+        return ReadResult(
+            records=items | "SelectRecords" >> beam.FlatMap(_select, _RECORDS_TAG),
+            dead_letters=items | "SelectDeadLetters" >> beam.FlatMap(_select, DEAD_LETTER_TAG),
         )
-        return ReadResult(records=outputs.records, dead_letters=outputs[DEAD_LETTER_TAG])
+
+
+class Block(NamedTuple):
+    """A block of one file: up to `block_rows` records in model-batch chunks (`ReadBlocks`).
+
+    A block is the unit the job attributes and writes (one Parquet row group); everything about
+    it travels with it as data, so that counts never depend on a runner's metrics.
+
+    Attributes:
+      file_index: The file's position in the job's file list.
+      block_index: The block's position in its file (0, 1, ...).
+      path: The file.
+      chunks: `RecordChunk`s of up to `chunk_size` consecutive intact records each.
+      dead_letters: The damaged records and spans found while reading this block (stage read).
+      last: Whether this is the file's last block (every file yields at least one block, even an
+        empty file, so that files read are counted as data too).
+    """
+
+    file_index: int
+    block_index: int
+    path: str
+    chunks: list[RecordChunk]
+    dead_letters: list[DeadLetter]
+    last: bool
+
+    @property
+    def records(self) -> int:
+        """Intact records in the block."""
+        return sum(chunk_length(c) for c in self.chunks)
+
+
+class _ReadBlocksDoFn(beam.DoFn):
+    """(file index, path) -> the file's `Block`s, one output (every runner supports it)."""
+
+    def __init__(self, chunk_size: int, block_rows: int, block_bytes: int) -> None:
+        super().__init__()
+        self._chunk_size = chunk_size
+        self._block_rows = block_rows
+        self._block_bytes = block_bytes
+        self._records_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, RECORDS_READ)
+        self._dead_letters = beam.metrics.Metrics.counter(METRICS_NAMESPACE, READ_DEAD_LETTERS)
+        self._files_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, FILES_READ)
+        self._bytes_read = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, BYTES_READ)
+
+    def process(self, indexed_path: tuple[int, str]) -> Iterator[Block]:
+        """Yields the blocks of one file, in file order."""
+        file_index, path = indexed_path
+        self._files_read.inc()
+        n_bytes = 0
+
+        def on_read(n: int) -> None:
+            nonlocal n_bytes
+            n_bytes += n
+            progress.report(bytes_read=n)
+
+        block = 0
+        chunks: list[RecordChunk] = []
+        dead: list[DeadLetter] = []
+        indices: list[int] = []
+        offsets: list[int] = []
+        payloads: list[bytes] = []
+        rows = size = 0
+        for item in iter_tfrecord_file(path, open_fn=open_with_filesystems, on_read=on_read):
+            if isinstance(item, DeadLetter):
+                self._dead_letters.inc()
+                progress.report(read_dead_letters=1)
+                dead.append(item)
+                continue
+            indices.append(item.index)
+            offsets.append(item.offset)
+            payloads.append(item.data)
+            rows += 1
+            size += len(item.data)
+            if len(payloads) >= self._chunk_size:
+                chunks.append((path, indices, offsets, payloads))
+                indices, offsets, payloads = [], [], []
+            if rows >= self._block_rows or size >= self._block_bytes:
+                if payloads:
+                    chunks.append((path, indices, offsets, payloads))
+                    indices, offsets, payloads = [], [], []
+                self._records_read.inc(rows)
+                progress.report(records_read=rows)
+                yield Block(file_index, block, path, chunks, dead, last=False)
+                block += 1
+                chunks, dead, rows, size = [], [], 0, 0
+        if payloads:
+            chunks.append((path, indices, offsets, payloads))
+        self._records_read.inc(rows)
+        progress.report(records_read=rows)
+        self._bytes_read.update(n_bytes)
+        yield Block(file_index, block, path, chunks, dead, last=True)
+
+
+class ReadBlocks(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[Block]]):
+    """Reads a list of TFRecord files as `Block`s: the job's source, on every runner.
+
+    One output (no tagged outputs) and nothing emitted from `finish_bundle`: the forms Beam's
+    DaskRunner executes correctly. Files are spread over workers (`Reshuffle`); a file's blocks
+    are read in order by one worker.
+
+    Args:
+      files: The files to read (`match_files`).
+      chunk_size: Records per chunk (the model batch size).
+      block_rows: Records per block, at most (the attributions' row group).
+      block_bytes: Serialized bytes per block, at most: large records make smaller blocks.
+    """
+
+    def __init__(
+        self, files: list[str], *, chunk_size: int, block_rows: int, block_bytes: int
+    ) -> None:
+        super().__init__()
+        self._files = list(files)
+        self._read = _ReadBlocksDoFn(chunk_size, block_rows, block_bytes)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Block]:
+        return (
+            pbegin
+            | "CreateFileList" >> beam.Create(list(enumerate(self._files)))
+            | "ReshuffleFiles" >> beam.Reshuffle()
+            | "ReadBlocks" >> beam.ParDo(self._read)
+        )
 
 
 class ReadTFRecords(beam.PTransform[beam.pvalue.PBegin, ReadResult]):
