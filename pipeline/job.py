@@ -439,7 +439,11 @@ def _dask_runner(options: PipelineOptions, configured: int, files: int, cores: i
         from distributed import LocalCluster
 
         cluster = LocalCluster(
-            n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=cores,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=quiet,  # the workers' log level (a failed task still fails the run)
         )
         dask.address = cluster.scheduler_address
     if not dask.npartitions and not dask.partition_size:

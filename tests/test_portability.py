@@ -320,6 +320,11 @@ def same_value(left: Any, right: Any) -> bool:
             and len(left) == len(right)
             and all(same_value(a, b) for a, b in zip(left, right, strict=True))
         )
+    if isinstance(right, np.ndarray):
+        return isinstance(left, np.ndarray) and np.array_equal(left, right, equal_nan=True)
+    if type(right).__eq__ is object.__eq__:
+        # e.g. an accumulator handed on by a first merge level: compare its state
+        return type(left) is type(right) and same_value(left.__getstate__(), right.__getstate__())
     return left == right
 
 

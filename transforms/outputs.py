@@ -121,6 +121,12 @@ class BlockResult(NamedTuple):
     statistics: Any
     key_buckets: list[tuple[int, list[str]]]
     worker: WorkerInfo
+    group: int = 0
+
+
+TOTAL_GROUPS = 16
+"""Block results are merged in two levels, `TOTAL_GROUPS` groups then one: a runner without
+combiner lifting (Beam's DaskRunner) then never holds every block's statistics in one list."""
 
 
 def _counts(block: AttributedBlock) -> dict[str, int]:
@@ -178,7 +184,8 @@ class _WriteBlockDoFn(beam.DoFn):
                 accumulator = self._statistics.add_input(accumulator, batch)
             accumulator = self._statistics.compact(accumulator)
         buckets = list(_key_buckets(table)) if table.num_rows else []
-        yield BlockResult(_counts(block), accumulator, buckets, block.worker)
+        group = zlib.crc32(f"{block.file_index}/{block.block_index}".encode()) % TOTAL_GROUPS
+        yield BlockResult(_counts(block), accumulator, buckets, block.worker, group)
 
 
 def _results_table(block: AttributedBlock) -> pa.Table:
@@ -205,7 +212,9 @@ class _TotalsCombineFn(beam.CombineFn):
     def create_accumulator(self) -> tuple[collections.Counter, Any, set]:
         return collections.Counter(), self._statistics.create_accumulator(), set()
 
-    def add_input(self, accumulator: tuple, result: BlockResult) -> tuple:
+    def add_input(self, accumulator: tuple, result: BlockResult | _Partial) -> tuple:
+        if isinstance(result, _Partial):  # a group's totals, not yet extracted
+            return self.merge_accumulators([accumulator, result.accumulator])
         counts, stats, workers = accumulator
         counts.update(result.counts)
         stats = self._statistics.merge_accumulators([stats, result.statistics])
@@ -229,6 +238,19 @@ class _TotalsCombineFn(beam.CombineFn):
     def extract_output(self, accumulator: tuple) -> RunTotals:
         counts, stats, workers = accumulator
         return RunTotals(dict(counts), self._statistics.extract_output(stats), sorted(workers))
+
+
+class _Partial(NamedTuple):
+    """A group's merged totals, still an accumulator (the first of the two merge levels)."""
+
+    accumulator: tuple
+
+
+class _GroupTotalsCombineFn(_TotalsCombineFn):
+    """The first merge level: block results of one group -> one compacted accumulator."""
+
+    def extract_output(self, accumulator: tuple) -> _Partial:  # type: ignore[override]
+        return _Partial(self.compact(accumulator))
 
 
 class _WriteTotals(beam.DoFn):
@@ -331,6 +353,9 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
         )
         done = [
             results
+            | "KeyByGroup" >> beam.Map(lambda r: (r.group, r))
+            | "CombineGroups" >> beam.CombinePerKey(_GroupTotalsCombineFn(self._statistics))
+            | "DropGroupKeys" >> beam.Values()
             | "CombineTotals"
             >> beam.CombineGlobally(_TotalsCombineFn(self._statistics)).without_defaults()
             | "WriteTotals" >> beam.ParDo(_WriteTotals(self._dir)),
