@@ -1,13 +1,13 @@
 """The igbeam job: config -> early checks -> Beam pipeline -> Parquet outputs -> summary.json.
 
 Layout of `output.path`:
-  attributions/part-*.parquet   one row per example (schema: `transforms.attribute`)
-  statistics/features.parquet   per slice and feature (`transforms.statistics`)
-  statistics/slices.parquet     per slice
+  attributions/part-*.parquet   one row per example, a file per block (`transforms.attribute`)
+  statistics/*.parquet          per slice and feature, per slice, histograms, inputs, replicates
   dead_letter/part-*.parquet    records not attributed, with reason and raw bytes
   duplicate_keys/*.parquet      example keys seen more than once (reported, not dropped)
   schema.pbtxt                  the TFMD schema used (inferred when the config has none)
-  summary.json                  counts, resolved config, versions, wall time, examples/s
+  counts.json                   the pipeline's own counts, as data, and its worker processes
+  summary.json                  counts, accounting, workers, config, versions, wall time
   _SUCCESS                      written last; a failed run never leaves one
 
 Everything that can be checked before Beam starts is checked first (`JobError`, one line each).

@@ -322,6 +322,8 @@ def same_value(left: Any, right: Any) -> bool:
         )
     if isinstance(right, np.ndarray):
         return isinstance(left, np.ndarray) and np.array_equal(left, right, equal_nan=True)
+    if right is None:
+        return left is None
     if type(right).__eq__ is object.__eq__:
         # e.g. an accumulator handed on by a first merge level: compare its state
         return type(left) is type(right) and same_value(left.__getstate__(), right.__getstate__())

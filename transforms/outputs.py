@@ -19,6 +19,7 @@ import collections
 import io
 import itertools
 import json
+import pickle
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -112,13 +113,13 @@ class BlockResult(NamedTuple):
 
     Attributes:
       counts: `Counts` of the block.
-      statistics: The block's statistics accumulator (`AttributionStatsCombineFn`).
+      statistics: The block's statistics accumulator (`AttributionStatsCombineFn`), pickled.
       key_buckets: (bucket, keys) for the duplicate-key check.
       worker: The process that attributed the block.
     """
 
     counts: dict[str, int]
-    statistics: Any
+    statistics: bytes
     key_buckets: list[tuple[int, list[str]]]
     worker: WorkerInfo
     group: int = 0
@@ -185,7 +186,20 @@ class _WriteBlockDoFn(beam.DoFn):
             accumulator = self._statistics.compact(accumulator)
         buckets = list(_key_buckets(table)) if table.num_rows else []
         group = zlib.crc32(f"{block.file_index}/{block.block_index}".encode()) % TOTAL_GROUPS
-        yield BlockResult(_counts(block), accumulator, buckets, block.worker, group)
+        yield BlockResult(_counts(block), _freeze(accumulator), buckets, block.worker, group)
+
+
+def _freeze(statistics: Any) -> bytes:
+    """A statistics accumulator as bytes, pickled once.
+
+    Runners encode elements between steps and encode samples of them to estimate their sizes;
+    an accumulator is thousands of objects, bytes are one buffer to copy.
+    """
+    return pickle.dumps(statistics, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _thaw(statistics: Any) -> Any:
+    return pickle.loads(statistics) if isinstance(statistics, bytes) else statistics
 
 
 def _results_table(block: AttributedBlock) -> pa.Table:
@@ -210,16 +224,30 @@ class _TotalsCombineFn(beam.CombineFn):
         self._statistics = statistics
 
     def create_accumulator(self) -> tuple[collections.Counter, Any, set]:
-        return collections.Counter(), self._statistics.create_accumulator(), set()
+        return collections.Counter(), None, set()  # statistics: None until the first block
 
     def add_input(self, accumulator: tuple, result: BlockResult | _Partial) -> tuple:
         if isinstance(result, _Partial):  # a group's totals, not yet extracted
             return self.merge_accumulators([accumulator, result.accumulator])
         counts, stats, workers = accumulator
         counts.update(result.counts)
-        stats = self._statistics.merge_accumulators([stats, result.statistics])
+        stats = self._merge([stats, result.statistics])
         workers.add(result.worker)
         return counts, stats, workers
+
+    def _merge(self, parts: list[Any]) -> Any:
+        """Merges statistics accumulators (live, frozen or None) into the largest one.
+
+        A single one is passed on as it is (still frozen: a group of one block costs nothing).
+        Every accumulator here is this CombineFn's own (a combine's accumulator, or just thawed
+        from bytes), so the largest can take the others in place: merging into an empty one
+        would copy every sketch of the first.
+        """
+        parts = [p for p in parts if p is not None]
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        live = sorted((_thaw(p) for p in parts), key=lambda a: -len(a.slices))
+        return self._statistics.merge_accumulators(live)
 
     def merge_accumulators(self, accumulators: Iterable[tuple]) -> tuple:
         accumulators = list(accumulators)
@@ -228,16 +256,21 @@ class _TotalsCombineFn(beam.CombineFn):
         for c, _, w in accumulators:
             counts.update(c)
             workers |= w
-        stats = self._statistics.merge_accumulators([a[1] for a in accumulators])
+        stats = self._merge([a[1] for a in accumulators])
         return counts, stats, workers
 
     def compact(self, accumulator: tuple) -> tuple:
+        """Before the runner encodes it: statistics compacted and frozen into bytes."""
         counts, stats, workers = accumulator
-        return counts, self._statistics.compact(stats), workers
+        if stats is None or isinstance(stats, bytes):
+            return accumulator
+        return counts, _freeze(self._statistics.compact(stats)), workers
 
     def extract_output(self, accumulator: tuple) -> RunTotals:
         counts, stats, workers = accumulator
-        return RunTotals(dict(counts), self._statistics.extract_output(stats), sorted(workers))
+        live = self._statistics.create_accumulator() if stats is None else _thaw(stats)
+        statistics = self._statistics.extract_output(live)
+        return RunTotals(dict(counts), statistics, sorted(workers))
 
 
 class _Partial(NamedTuple):

@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -331,6 +331,52 @@ class _BufferedSketch:
         return pa.array([bounds.tolist()], pa.list_(pa.float64()))
 
 
+class _PackedSketches(NamedTuple):
+    """The sketches of a `_Moments` as pickled: raw values in one array, not one per column.
+
+    An accumulator holds a sketch per (slice, replicate, column): thousands of small objects,
+    which made pickling it (runners encode it between steps, and sample its size) the largest
+    cost of a run. Packed, it pickles as a few buffers.
+    """
+
+    epsilon: float
+    max_num_elements: int
+    lengths: np.ndarray  # raw values per column (int64)
+    values: np.ndarray  # every column's raw values, concatenated (float64)
+    promoted: dict[int, Any]  # column -> its QuantilesSketch, for columns past the raw limit
+
+
+def _pack_sketches(sketches: list[_BufferedSketch]) -> _PackedSketches | list[_BufferedSketch]:
+    if not sketches:
+        return sketches
+    raws: list[np.ndarray] = []
+    promoted: dict[int, Any] = {}
+    for j, sketch in enumerate(sketches):
+        if sketch.sketch is not None:
+            promoted[j] = sketch.sketch
+            raws.append(np.zeros(0, np.float64))
+        else:
+            raws.append(sketch.raw_values())
+    lengths = np.array([len(r) for r in raws], dtype=np.int64)
+    values = np.concatenate(raws) if raws else np.zeros(0, np.float64)
+    first = sketches[0]
+    return _PackedSketches(first.epsilon, first.max_num_elements, lengths, values, promoted)
+
+
+def _unpack_sketches(packed: _PackedSketches) -> list[_BufferedSketch]:
+    sketches = []
+    ends = np.cumsum(packed.lengths)
+    for j, (end, length) in enumerate(zip(ends.tolist(), packed.lengths.tolist(), strict=True)):
+        sketch = _BufferedSketch(packed.epsilon, packed.max_num_elements)
+        if j in packed.promoted:
+            sketch.sketch = packed.promoted[j]
+        elif length:
+            sketch.values = [packed.values[end - length : end]]  # read-only views: never mutated
+            sketch.count = length
+        sketches.append(sketch)
+    return sketches
+
+
 class _Moments:
     """Mergeable moments and quantile sketches of `width` value columns (one per feature).
 
@@ -363,11 +409,15 @@ class _Moments:
         self.sketches: list[_BufferedSketch] = [make_sketch() for _ in range(width)]
 
     def __getstate__(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__}
+        state = {name: getattr(self, name) for name in self.__slots__ if name != "sketches"}
+        state["sketches"] = _pack_sketches(self.sketches)
+        return state
 
     def __setstate__(self, state: dict) -> None:
         for name, value in state.items():
             setattr(self, name, value)
+        if isinstance(self.sketches, _PackedSketches):
+            self.sketches = _unpack_sketches(self.sketches)
 
     def merge_moments(self, count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> None:
         """Merges per-column (count, sum, M2) of disjoint data (Chan et al.)."""
