@@ -236,3 +236,41 @@ def test_dask_cluster_matches_in_process(workspace, reference, dask_cluster):
     assert_accounted(summary, 2)  # 5 files, 5 partitions: both workers attribute
     assert summary["workers"]["tensorflow_threads"] == [1]  # each worker's --nthreads
     assert summary["workers"]["hosts"] == 1
+
+
+# ---------------------------------------------------------------------------- accounting
+
+
+def test_a_lost_block_fails_the_accounting(workspace, monkeypatch):
+    """The check can fail: a block whose attributions file is never written is caught."""
+    from pipeline.job import AccountingError
+    from transforms import outputs
+
+    real = outputs.write_parquet_file
+
+    def lose_one(path: str, table) -> None:
+        if "attributions" in path and path.endswith("part-00001-00000.parquet"):
+            return  # as if the worker's write were lost
+        real(path, table)
+
+    monkeypatch.setattr(outputs, "write_parquet_file", lose_one)
+    out = workspace / "runs" / "lost"
+    with pytest.raises(AccountingError, match="accounting mismatch: 603 records read"):
+        run_job(parse_config(_job(workspace, out)))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed_accounting"
+    assert summary["accounting"]["balanced"] is False
+    assert not (out / "_SUCCESS").exists()
+
+
+def test_metrics_are_a_second_opinion():
+    from pipeline.job import _accounting
+
+    counts = {"records_read": 10, "examples_attributed": 8, "dead_letters": 2}
+    agree = _accounting(counts, {"records_read": 9, "read_dead_letters": 1}, 8, 2)
+    assert agree["balanced"] and agree["metrics_agree"] is True
+    disagree = _accounting(counts, {"records_read": 7, "read_dead_letters": 1}, 8, 2)
+    assert disagree["balanced"] and disagree["metrics_agree"] is False
+    assert _accounting(counts, None, 8, 2)["metrics_agree"] is None
+    assert _accounting(counts, None, 7, 2)["balanced"] is False  # a row lost after counting
+    assert _accounting({}, None, 8, 2) == {"records_read": 10, "balanced": None, "checked": False}
