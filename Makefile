@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint browser demo bench bench-report clean
+.PHONY: venv test lint browser demo bench bench-report bench-scale clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,10 +39,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_throughput.py
+	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_report.py
 
 bench-report: $(STAMP)
 	$(PY) benchmarks/bench_report.py
+
+bench-scale: $(STAMP)
+	$(PY) benchmarks/bench_scale.py
 
 clean:
 	rm -rf $(VENV) demo_out benchmarks/out
