@@ -134,6 +134,24 @@ def _select(tagged: tuple[str, object], tag: str) -> Iterator[object]:
         yield tagged[1]
 
 
+class _FileBytes:
+    """Counts one file's bytes as they are read (progress) and records them when it is done."""
+
+    _files = beam.metrics.Metrics.counter(METRICS_NAMESPACE, FILES_READ)
+    _bytes = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, BYTES_READ)
+
+    def __init__(self) -> None:
+        self._files.inc()
+        self.bytes = 0
+
+    def __call__(self, n: int) -> None:
+        self.bytes += n
+        progress.report(bytes_read=n)
+
+    def done(self) -> None:
+        self._bytes.update(self.bytes)
+
+
 class _ReadFileDoFn(beam.DoFn):
     """Reads one TFRecord file: ("records", record or chunk) and (DEAD_LETTER_TAG, letter).
 
@@ -147,19 +165,10 @@ class _ReadFileDoFn(beam.DoFn):
         self._chunk_size = chunk_size
         self._records_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, RECORDS_READ)
         self._dead_letters = beam.metrics.Metrics.counter(METRICS_NAMESPACE, READ_DEAD_LETTERS)
-        self._files_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, FILES_READ)
-        self._bytes_read = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, BYTES_READ)
 
     def process(self, path: str) -> Iterator[tuple[str, Record | RecordChunk | DeadLetter]]:
         """Yields the records (or record chunks) of the file at `path` and its dead letters."""
-        self._files_read.inc()
-        n_bytes = 0
-
-        def on_read(n: int) -> None:
-            nonlocal n_bytes
-            n_bytes += n
-            progress.report(bytes_read=n)
-
+        on_read = _FileBytes()
         indices: list[int] = []
         offsets: list[int] = []
         payloads: list[bytes] = []
@@ -185,7 +194,7 @@ class _ReadFileDoFn(beam.DoFn):
             self._records_read.inc(len(payloads))
             progress.report(records_read=len(payloads))
             yield _RECORDS_TAG, (path, indices, offsets, payloads)
-        self._bytes_read.update(n_bytes)
+        on_read.done()
 
 
 class ReadTFRecordFiles(beam.PTransform[beam.PCollection[str], ReadResult]):
@@ -271,20 +280,11 @@ class _ReadBlocksDoFn(beam.DoFn):
         self._block_bytes = block_bytes
         self._records_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, RECORDS_READ)
         self._dead_letters = beam.metrics.Metrics.counter(METRICS_NAMESPACE, READ_DEAD_LETTERS)
-        self._files_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, FILES_READ)
-        self._bytes_read = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, BYTES_READ)
 
     def process(self, indexed_path: tuple[int, str]) -> Iterator[Block]:
         """Yields the blocks of one file, in file order."""
         file_index, path = indexed_path
-        self._files_read.inc()
-        n_bytes = 0
-
-        def on_read(n: int) -> None:
-            nonlocal n_bytes
-            n_bytes += n
-            progress.report(bytes_read=n)
-
+        on_read = _FileBytes()
         block = 0
         chunks: list[RecordChunk] = []
         dead: list[DeadLetter] = []
@@ -319,7 +319,7 @@ class _ReadBlocksDoFn(beam.DoFn):
             chunks.append((path, indices, offsets, payloads))
         self._records_read.inc(rows)
         progress.report(records_read=rows)
-        self._bytes_read.update(n_bytes)
+        on_read.done()
         yield Block(file_index, block, path, chunks, dead, last=True)
 
 
