@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint browser demo bench bench-report bench-scale clean
+.PHONY: venv test lint browser demo bench bench-report bench-scale bench-memory clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,12 +41,16 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_throughput.py
 	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_report.py
+	$(PY) benchmarks/bench_memory.py --examples 20000 --variants
 
 bench-report: $(STAMP)
 	$(PY) benchmarks/bench_report.py
 
 bench-scale: $(STAMP)
 	$(PY) benchmarks/bench_scale.py
+
+bench-memory: $(STAMP)
+	$(PY) benchmarks/bench_memory.py --examples 20000 --variants
 
 clean:
 	rm -rf $(VENV) demo_out benchmarks/out

@@ -265,6 +265,43 @@ class RunnerLog(logging.Handler):
 
 
 RUNNERS = RunnerLog()
+STAGES: dict[int, list[dict[str, dict[str, float]]]] = {}
+"""Per job config: each in-process run's busy seconds per stage (`transforms.stages`)."""
+
+STAGE_ORDER = ("read", "decode", "engine", "results", "statistics", "parquet", "totals")
+
+
+def stage_breakdown(
+    snapshots: list[dict[str, dict[str, float]]],
+    wall: float,
+    cpu: float | None,
+    n: int,
+    raw_cpu: float | None,
+) -> dict[str, Any]:
+    """Median busy seconds per stage of the in-process runs, per example and as shares.
+
+    `host_wall_us_per_example` is the run's median wall time less the engine stage, per example:
+    what the engine waits for. `host_cpu_us_per_example` is the run's CPU time less the raw
+    engine's CPU time on the same examples (the issue-13 measure: CPU of everything but the
+    engine). Stages are measured in the worker thread: decoding runs in a background thread
+    while the engine attributes the previous batch, so stage times can add up to more than the
+    wall time.
+    """
+    names = [s for s in STAGE_ORDER if any(s in snap for snap in snapshots)]
+    seconds = {
+        s: statistics.median(snap.get(s, {}).get("seconds", 0.0) for snap in snapshots)
+        for s in names
+    }
+    other = wall - sum(v for k, v in seconds.items() if k != "decode")
+    return {
+        "stage_seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "stage_us_per_example": {k: round(v / n * 1e6, 1) for k, v in seconds.items()},
+        "beam_and_other_seconds": round(other, 3),
+        "host_wall_us_per_example": round((wall - seconds.get("engine", 0.0)) / n * 1e6, 1),
+        "host_cpu_us_per_example": (
+            round((cpu - raw_cpu) / n * 1e6, 1) if cpu is not None and raw_cpu else None
+        ),
+    }
 
 
 def run_pipeline(config: Any, beam_args: Sequence[str], n: int) -> tuple[float, float | None]:
@@ -273,10 +310,13 @@ def run_pipeline(config: Any, beam_args: Sequence[str], n: int) -> tuple[float, 
     CPU time is this process's only, so it is None for multi_processing (workers are children).
     """
     from pipeline.job import run_job
+    from transforms import stages
 
+    stages.reset()
     with Timer() as t:
         summary = run_job(config, list(beam_args))
     RUNNERS.mark_run(beam_args)
+    STAGES.setdefault(id(config), []).append(stages.snapshot())
     counts = summary["counts"]
     if counts["examples_attributed"] != n or counts["dead_letters"]:
         raise RuntimeError(f"pipeline attributed {counts}; expected {n} and no dead letters")
@@ -502,6 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     _finish(rows, by_name[RAW])
     ratio = by_name[PIPE]["ratio_to_raw"]
+    pipe_s, raw_s = by_name[PIPE]["seconds"], by_name[RAW]["seconds"]
+    breakdown = stage_breakdown(
+        STAGES[id(config)], pipe_s["median"], pipe_s["cpu"], n, raw_s["cpu"]
+    )
 
     profile_top = _profile(config, n, in_args, args.profile) if args.profile else None
 
@@ -516,6 +560,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\npipeline (in-process) / raw engine (batch {BATCH_SIZE}): {ratio['median']:.2f} "
         f"on median wall time ({verdict} the {TARGET_RATIO} target); {ratio['min']:.2f} on "
         f"best wall time; {ratio['cpu']:.2f} on CPU time"
+    )
+    print(f"\nwhere the in-process run's time goes (medians, N={n}; stages in the worker thread):")
+    for stage, secs in breakdown["stage_seconds"].items():
+        per = breakdown["stage_us_per_example"][stage]
+        print(f"  {stage:<12} {secs:7.2f}s  {per:7.1f} us/example")
+    print(f"  {'Beam, other':<12} {breakdown['beam_and_other_seconds']:7.2f}s  (wall less stages)")
+    print(
+        f"  host work: {breakdown['host_wall_us_per_example']:.1f} us/example of wall outside the "
+        f"engine; {breakdown['host_cpu_us_per_example']} us/example of CPU beyond the raw engine's"
     )
     if ceiling:
         fixed, top = ceiling["fixed_seconds"], ceiling["ceiling_ratio"]
@@ -557,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "variants": rows,
         "ratio_pipeline_to_raw": ratio,
         "fixed_cost": ceiling,
+        "stages": breakdown,
         "target_ratio": TARGET_RATIO,
         "profile_top_cumulative": profile_top,
     }

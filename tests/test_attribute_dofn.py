@@ -604,3 +604,50 @@ def test_in_a_pipeline_one_load_and_every_output(spec):
     assert counters["dead_letters_decode"] == 1
     assert counters["dead_letters_validate"] == 1
     assert counters["dead_letters_model"] == 1
+
+
+# ---------------------------------------------------------------- blocks and prefetching
+
+
+def test_prefetching_the_next_batch_changes_nothing_but_the_thread(spec, monkeypatch):
+    """A block's batches come out the same, in the same order, with and without decoding the
+    next batch in the background; with prefetch the decoding really runs in another thread."""
+    from transforms.attribute import AttributeBlockDoFn
+    from transforms.records import Block
+
+    payloads = [payload(f"k{i}", i) for i in range(9)]
+    payloads[2] = b"not an example"  # dead-lettered at decode
+    payloads[5] = payload(None, 5)  # no key: dead-lettered at validate
+    chunks = [
+        chunk("a.tfrecord", payloads[0:3], 0),
+        chunk("a.tfrecord", payloads[3:6], 3),
+        chunk("a.tfrecord", payloads[6:9], 6),
+    ]
+    block = Block(0, 0, "a.tfrecord", chunks, [], last=True)
+    threads: list[str] = []
+    prepare = AttributeBatchDoFn.prepare
+
+    def spy(self, batch_chunks):
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return prepare(self, batch_chunks)
+
+    monkeypatch.setattr(AttributeBatchDoFn, "prepare", spy)
+    outputs = {}
+    for prefetch in (False, True):
+        fn = AttributeBlockDoFn(make_fn(spec))
+        fn.prefetch = prefetch
+        (attributed,) = list(fn.process(block))
+        fn.teardown()
+        rows = [row for batch in attributed.results for row in batch.to_pylist()]
+        letters = [(d.record_index, d.stage, d.reason) for d in attributed.dead_letters]
+        outputs[prefetch] = (rows, letters, attributed.records_read)
+    assert outputs[True] == outputs[False]
+    rows, letters, read = outputs[True]
+    assert [row["key"] for row in rows] == [f"k{i}" for i in (0, 1, 3, 4, 6, 7, 8)]
+    assert [(i, stage) for i, stage, _ in letters] == [(2, STAGE_DECODE), (5, STAGE_VALIDATE)]
+    assert read == 9
+    assert len(CALLS[spec.name]) == 6  # one model call per batch, each run
+    assert set(threads[:3]) == {"MainThread"}  # without prefetch: the caller decodes
+    assert all(name.startswith("igbeam-prepare") for name in threads[3:])

@@ -12,6 +12,7 @@ it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import os
@@ -32,7 +33,7 @@ from attribution.engine import Attribution
 from attribution.errors import one_line
 from attribution.savedmodel import IG_SIGNATURE, ExportedAttributor
 from attribution.settings import ModelConfig
-from transforms import progress
+from transforms import progress, stages
 from transforms.constants import (
     ABS_DELTA_MICROS,
     ATTRIBUTION_PREFIX,
@@ -532,7 +533,8 @@ class AttributeBatchDoFn(beam.DoFn):
     def _attribute(self, rows: _Rows) -> Iterator[tuple[np.ndarray, Any, str]]:
         """Yields (positions, Attribution or None, reason); splits failing batches in halves."""
         try:
-            result = self._loaded.attribute(rows.inputs, rows.keys, rows.serialized)
+            with stages.timed("engine"):
+                result = self._loaded.attribute(rows.inputs, rows.keys, rows.serialized)
             finite = all(
                 np.isfinite(values).all()
                 for values in (result.predictions, result.baseline_predictions, result.deltas)
@@ -596,52 +598,86 @@ class AttributeBatchDoFn(beam.DoFn):
     def finish_bundle(self) -> None:
         progress.flush()
 
-    def process(self, chunks: Sequence[RecordChunk]) -> Iterator[Any]:
-        records = [r for chunk in chunks for r in chunk_records(chunk)]
+    def prepare(self, chunks: Sequence[RecordChunk]) -> _Prepared:
+        """Decodes and validates a batch: plain data, no metrics, safe in another thread.
+
+        `AttributeBlockDoFn` prepares the next batch in a background thread while the engine
+        attributes this one (TensorFlow releases the GIL while it runs).
+        """
+        with stages.timed("decode"):
+            records = [r for chunk in chunks for r in chunk_records(chunk)]
+            batch, good, reasons = self._decoder.decode([r.data for r in records])
+            rejected = [
+                (records[i], STAGE_DECODE, reason, "") for i, reason in enumerate(reasons) if reason
+            ]
+            good_records = [records[i] for i in good]
+            if not good_records:
+                return _Prepared(batch, [], rejected, None)
+            keys, key_reasons = self._keys(batch, good_records)
+            inputs, input_reasons = self._features(batch)
+            usable = []
+            for pos, record in enumerate(good_records):
+                reason = key_reasons[pos] or input_reasons[pos]
+                if reason:
+                    rejected.append((record, STAGE_VALIDATE, reason, keys[pos]))
+                else:
+                    usable.append(pos)
+            if not usable:
+                return _Prepared(batch, good_records, rejected, None)
+            index = np.array(usable)
+            keys_array = np.array(keys, dtype=object)
+            serialized = (
+                [good_records[i].data for i in index] if self._loaded.needs_serialized else []
+            )
+            rows = _Rows(
+                index, keys_array[index], {k: v[index] for k, v in inputs.items()}, serialized
+            )
+            return _Prepared(batch, good_records, rejected, (rows, keys_array, inputs))
+
+    def emit(self, prepared: _Prepared) -> Iterator[Any]:
+        """Attributes a prepared batch: its dead letters (tagged) and result batches."""
         if self._load_to_report:
             self._loads.inc()
             self._load_to_report = False
         self._batches.inc()
-        serialized = [r.data for r in records]
-        batch, good, reasons = self._decoder.decode(serialized)
-        for i, reason in enumerate(reasons):
-            if reason:
-                yield self._dead_letter(records[i], STAGE_DECODE, reason)
-        good_records = [records[i] for i in good]
-        if not good_records:
+        for record, stage, reason, key in prepared.rejected:
+            yield self._dead_letter(record, stage, reason, key)
+        if prepared.usable is None:
             return
-        keys, key_reasons = self._keys(batch, good_records)
-        inputs, input_reasons = self._features(batch)
-        usable = []
-        for pos, record in enumerate(good_records):
-            reason = key_reasons[pos] or input_reasons[pos]
-            if reason:
-                yield self._dead_letter(record, STAGE_VALIDATE, reason, keys[pos])
-            else:
-                usable.append(pos)
-        if not usable:
-            return
-        usable = np.array(usable)
-        serialized = [good_records[i].data for i in usable] if self._loaded.needs_serialized else []
-        rows = _Rows(
-            usable,
-            np.array(keys, dtype=object)[usable],
-            {k: v[usable] for k, v in inputs.items()},
-            serialized,
-        )
+        rows, keys, inputs = prepared.usable
         for positions, result, reason in self._attribute(rows):
             if result is None:
                 for pos in positions:
-                    yield self._dead_letter(good_records[pos], STAGE_MODEL, reason, keys[pos])
+                    record = prepared.good_records[pos]
+                    yield self._dead_letter(record, STAGE_MODEL, reason, keys[pos])
                 continue
             self._examples.inc(len(positions))
             progress.report(examples_attributed=len(positions))
             micros = (np.minimum(np.abs(result.deltas), 1e12) * 1e6).astype(np.int64)
             for d in micros.tolist():
                 self._abs_delta.update(d)
-            yield self._result_batch(
-                batch, positions, np.array(keys, dtype=object)[positions], result, inputs
-            )
+            with stages.timed("results"):
+                out = self._result_batch(prepared.batch, positions, keys[positions], result, inputs)
+            yield out
+
+    def process(self, chunks: Sequence[RecordChunk]) -> Iterator[Any]:
+        yield from self.emit(self.prepare(chunks))
+
+
+class _Prepared(NamedTuple):
+    """A decoded and validated batch (`AttributeBatchDoFn.prepare`).
+
+    Attributes:
+      batch: The decoded record batch (None when nothing decoded).
+      good_records: The records that decoded, in `batch` order.
+      rejected: (record, stage, reason, key) of every record that failed decoding or validation.
+      usable: (rows to attribute, every decoded record's key, dense inputs), or None.
+    """
+
+    batch: pa.RecordBatch | None
+    good_records: list[Record]
+    rejected: list[tuple[Record, str, str, str]]
+    usable: tuple[_Rows, np.ndarray, dict[str, np.ndarray]] | None
 
 
 class WorkerInfo(NamedTuple):
@@ -688,18 +724,46 @@ class AttributeBlockDoFn(beam.DoFn):
     DaskRunner included); the batch DoFn does the work, one model batch per chunk.
     """
 
+    prefetch = True
+    """Decode the next batch in a background thread while the engine runs (benchmarks A/B it)."""
+
     def __init__(self, batch_fn: AttributeBatchDoFn) -> None:
         super().__init__()
         self._fn = batch_fn
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def setup(self) -> None:
         self._fn.setup()
 
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, "igbeam-prepare")
+        return self._pool
+
+    def teardown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _prepared(self, chunks: Sequence[RecordChunk]) -> Iterator[Any]:
+        """The chunks decoded, one batch each; with `prefetch`, batch i+1 is decoded in a
+        background thread while the caller attributes batch i."""
+        if not self.prefetch:
+            yield from (self._fn.prepare([chunk]) for chunk in chunks)
+            return
+        pool = self._executor()
+        pending = pool.submit(self._fn.prepare, chunks[:1]) if chunks else None
+        for i in range(len(chunks)):
+            prepared = pending.result()
+            more = i + 1 < len(chunks)
+            pending = pool.submit(self._fn.prepare, chunks[i + 1 : i + 2]) if more else None
+            yield prepared
+
     def process(self, block: Block) -> Iterator[AttributedBlock]:
         results: list[pa.RecordBatch] = []
         dead = list(block.dead_letters)
-        for chunk in block.chunks:
-            for out in self._fn.process([chunk]):
+        for prepared in self._prepared(block.chunks):
+            for out in self._fn.emit(prepared):
                 if isinstance(out, beam.pvalue.TaggedOutput):
                     dead.append(out.value)
                 else:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import stages
 from transforms.attribute import AttributedBlock, WorkerInfo
 from transforms.constants import (
     ATTRIBUTIONS_DIR,
@@ -168,25 +169,28 @@ class _WriteBlockDoFn(beam.DoFn):
     def process(self, block: AttributedBlock) -> Iterator[BlockResult]:
         name = f"part-{block.file_index:05d}-{block.block_index:05d}.parquet"
         table = _results_table(block)
-        if self._write_attributions and table.num_rows:
-            write_parquet_file(
-                FileSystems.join(self._dir, ATTRIBUTIONS_DIR, name),
-                table.select(self._schema.names).cast(self._schema),
-            )
-        if block.dead_letters:
-            rows = [dead_letter_to_row(letter) for letter in block.dead_letters]
-            write_parquet_file(
-                FileSystems.join(self._dir, DEAD_LETTER_DIR, name),
-                pa.Table.from_pylist(rows, schema=DEAD_LETTER_SCHEMA),
-            )
-        accumulator = self._statistics.create_accumulator()
-        if table.num_rows:
-            for batch in table.to_batches():
-                accumulator = self._statistics.add_input(accumulator, batch)
-            accumulator = self._statistics.compact(accumulator)
+        with stages.timed("parquet"):
+            if self._write_attributions and table.num_rows:
+                write_parquet_file(
+                    FileSystems.join(self._dir, ATTRIBUTIONS_DIR, name),
+                    table.select(self._schema.names).cast(self._schema),
+                )
+            if block.dead_letters:
+                rows = [dead_letter_to_row(letter) for letter in block.dead_letters]
+                write_parquet_file(
+                    FileSystems.join(self._dir, DEAD_LETTER_DIR, name),
+                    pa.Table.from_pylist(rows, schema=DEAD_LETTER_SCHEMA),
+                )
+        with stages.timed("statistics"):
+            accumulator = self._statistics.create_accumulator()
+            if table.num_rows:
+                for batch in table.to_batches():
+                    accumulator = self._statistics.add_input(accumulator, batch)
+                accumulator = self._statistics.compact(accumulator)
+            frozen = _freeze(accumulator)
         buckets = list(_key_buckets(table)) if table.num_rows else []
         group = zlib.crc32(f"{block.file_index}/{block.block_index}".encode()) % TOTAL_GROUPS
-        yield BlockResult(_counts(block), _freeze(accumulator), buckets, block.worker, group)
+        yield BlockResult(_counts(block), frozen, buckets, block.worker, group)
 
 
 def _freeze(statistics: Any) -> bytes:
@@ -246,8 +250,9 @@ class _TotalsCombineFn(beam.CombineFn):
         parts = [p for p in parts if p is not None]
         if len(parts) <= 1:
             return parts[0] if parts else None
-        live = sorted((_thaw(p) for p in parts), key=lambda a: -len(a.slices))
-        return self._statistics.merge_accumulators(live)
+        with stages.timed("totals"):
+            live = sorted((_thaw(p) for p in parts), key=lambda a: -len(a.slices))
+            return self._statistics.merge_accumulators(live)
 
     def merge_accumulators(self, accumulators: Iterable[tuple]) -> tuple:
         accumulators = list(accumulators)
@@ -264,12 +269,14 @@ class _TotalsCombineFn(beam.CombineFn):
         counts, stats, workers = accumulator
         if stats is None or isinstance(stats, bytes):
             return accumulator
-        return counts, _freeze(self._statistics.compact(stats)), workers
+        with stages.timed("totals"):
+            return counts, _freeze(self._statistics.compact(stats)), workers
 
     def extract_output(self, accumulator: tuple) -> RunTotals:
         counts, stats, workers = accumulator
-        live = self._statistics.create_accumulator() if stats is None else _thaw(stats)
-        statistics = self._statistics.extract_output(live)
+        with stages.timed("totals"):
+            live = self._statistics.create_accumulator() if stats is None else _thaw(stats)
+            statistics = self._statistics.extract_output(live)
         return RunTotals(dict(counts), statistics, sorted(workers))
 
 
@@ -291,7 +298,8 @@ class _WriteTotals(beam.DoFn):
         self._dir = output_dir
 
     def process(self, totals: RunTotals) -> Iterator[int]:
-        write_statistics(FileSystems.join(self._dir, STATISTICS_DIR), totals.statistics)
+        with stages.timed("totals"):
+            write_statistics(FileSystems.join(self._dir, STATISTICS_DIR), totals.statistics)
         record = {"counts": totals.counts, "workers": [w._asdict() for w in totals.workers]}
         with FileSystems.create(FileSystems.join(self._dir, COUNTS_FILE)) as f:
             f.write(json.dumps(record, sort_keys=True).encode())

@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import progress
+from transforms import progress, stages
 from transforms.constants import (
     BYTES_READ,
     DEAD_LETTER_TAG,
@@ -292,7 +292,8 @@ class _ReadBlocksDoFn(beam.DoFn):
         offsets: list[int] = []
         payloads: list[bytes] = []
         rows = size = 0
-        for item in iter_tfrecord_file(path, open_fn=open_with_filesystems, on_read=on_read):
+        items = iter_tfrecord_file(path, open_fn=open_with_filesystems, on_read=on_read)
+        for item in stages.timed_iter("read", items):
             if isinstance(item, DeadLetter):
                 self._dead_letters.inc()
                 progress.report(read_dead_letters=1)
