@@ -105,7 +105,8 @@ def test_fingerprint_with_auto_is_comparable():
     assert a["attribution"]["steps"] == "auto"
     assert differences(a, fingerprint(model, auto, ["x"], "test")) == []
     tighter = fingerprint(model, AttributionConfig(steps="auto", tolerance=0.001), ["x"], "t")
-    assert differences(a, tighter) == ["attribution.tolerance differs: baseline 0.01, current 0.001"]
+    expected = "attribution.tolerance differs: baseline 0.01, current 0.001"
+    assert differences(a, tighter) == [expected]
     fixed = fingerprint(model, AttributionConfig(steps=50), ["x"], "test")
     assert differences(a, fixed) == [
         "attribution.steps differs: baseline 'auto', current 50",
