@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -252,3 +253,20 @@ def test_pipeline_writes_steps_used(tmp_path, demo_model):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["fingerprint"]["attribution"]["steps"] == "auto"
     assert on_disk["adaptive_steps"] == adaptive
+
+
+def test_an_error_at_the_tolerance_is_decided_on_the_example_alone(curved):
+    """Tolerance set to one example's own error: a batch's rounding must not tip it over."""
+    adapter, x, keys = curved
+    settings = AttributionConfig(steps="auto", min_steps=4, max_steps=8)
+    alone = IntegratedGradients(adapter, settings=settings.with_steps(4)).attribute(
+        x[5:6], keys=keys[5:6]
+    )
+    error = relative_errors(alone.deltas, alone.predictions, alone.baseline_predictions)[0]
+    tight = dataclasses.replace(settings, tolerance=float(error))
+    ig = AdaptiveIntegratedGradients(adapter, settings=tight)
+    for batch in (slice(0, 24), slice(5, 6), slice(3, 9)):
+        result = ig.attribute(x[batch], keys=keys[batch])
+        row = 5 - batch.start
+        assert result.steps_used[row] == 4 and result.within_tolerance[row]
+        np.testing.assert_array_equal(result.attributions[row], alone.attributions[0])
