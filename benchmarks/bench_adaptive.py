@@ -2,7 +2,11 @@
 
 On the MLP of `bench_throughput.py` (64 -> 256 -> 256 -> 10 softmax, relu, random weights from
 a fixed seed; its `prepare(out, n)` builds or reuses the model) and N standard-normal examples,
-the explained class the predicted one, zeros baseline, Gauss-Legendre points, batches of 256:
+the explained class the predicted one, Gauss-Legendre points, batches of 256, for two baselines:
+zeros (the throughput benchmark's; with the model's zero biases every relu is positively
+homogeneous, so the logits are linear along the path from 0 and 8 points are already exact to
+float32) and constant 1.0 (the path crosses relu kinks: the integrand is piecewise smooth and
+Gauss-Legendre converges slowly, the case adaptive steps are for):
 
 * ``fixed 50``, ``fixed 200``: `IntegratedGradients(steps=S)`;
 * ``auto tol T``: `AdaptiveIntegratedGradients` with `steps: auto`, `tolerance` T (0.01 and
@@ -15,12 +19,13 @@ traced before timing), the share of examples whose relative completeness error
 (with the distribution for auto). Results go to a JSON file (default OUT/adaptive.json).
 
   .venv/bin/python benchmarks/bench_adaptive.py [--examples N] [--repeats R]
-      [--tolerances 0.01,0.001] [--out DIR] [--json PATH]
+      [--tolerances 0.01,0.001] [--baselines 0,1] [--out DIR] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -110,12 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tolerances", default="0.01,0.001")
+    parser.add_argument("--baselines", default="0,1", help="constant baseline values (0: zeros)")
     parser.add_argument("--out", default=os.path.join(BENCH, "out"))
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     tolerances = [float(t) for t in args.tolerances.split(",") if t]
+    values = [float(v) for v in args.baselines.split(",") if v]
 
-    from attribution import AttributionConfig, IntegratedGradients, load_model
+    from attribution import AttributionConfig, Baseline, IntegratedGradients, load_model
     from attribution.adaptive import AdaptiveIntegratedGradients
 
     paths = prepare(args.out, args.examples)
@@ -124,19 +131,25 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {name: x[:, j : j + 1] for j, name in enumerate(FEATURES)}
     keys = example_keys(args.examples)
     variants = []
-    for steps in FIXED_STEPS:
-        engine = IntegratedGradients(
-            model, steps=steps, method="gausslegendre", max_rows_per_call=MAX_ROWS_PER_CALL
-        )
-        variants.append(Variant(f"fixed {steps}", engine, inputs, keys))
-    for tolerance in tolerances:
-        settings = AttributionConfig(
-            steps="auto", tolerance=tolerance, min_steps=MIN_STEPS, max_steps=MAX_STEPS
-        )
-        engine = AdaptiveIntegratedGradients(
-            model, settings=settings, max_rows_per_call=MAX_ROWS_PER_CALL
-        )
-        variants.append(Variant(f"auto tol {tolerance:g}", engine, inputs, keys))
+    for value in values:
+        baseline = Baseline() if value == 0 else Baseline("constant", value=value)
+        label = "zeros" if value == 0 else f"constant {value:g}"
+        base = AttributionConfig(method="gausslegendre", baseline=baseline)
+        for steps in FIXED_STEPS:
+            engine = IntegratedGradients(
+                model,
+                settings=base.with_steps(steps),
+                max_rows_per_call=MAX_ROWS_PER_CALL,
+            )
+            variants.append(Variant(f"{label}: fixed {steps}", engine, inputs, keys))
+        for tolerance in tolerances:
+            settings = dataclasses.replace(
+                base, steps="auto", tolerance=tolerance, min_steps=MIN_STEPS, max_steps=MAX_STEPS
+            )
+            engine = AdaptiveIntegratedGradients(
+                model, settings=settings, max_rows_per_call=MAX_ROWS_PER_CALL
+            )
+            variants.append(Variant(f"{label}: auto tol {tolerance:g}", engine, inputs, keys))
     for repeat in range(args.repeats):
         for variant in variants:
             variant.run()
@@ -158,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": BATCH_SIZE,
         "min_steps": MIN_STEPS,
         "max_steps": MAX_STEPS,
+        "baselines": values,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "variants": rows,
     }

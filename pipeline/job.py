@@ -7,7 +7,8 @@ Layout of `output.path`:
   duplicate_keys/*.parquet      example keys seen more than once (reported, not dropped)
   schema.pbtxt                  the TFMD schema used (inferred when the config has none)
   counts.json                   the pipeline's own counts, as data, and its worker processes
-  summary.json                  counts, accounting, workers, config, versions, wall time
+  summary.json                  counts, accounting, workers, config, versions, wall time, and
+                                with steps auto `adaptive_steps` (steps used, above tolerance)
   _SUCCESS                      written last; a failed run never leaves one
 
 Everything that can be checked before Beam starts is checked first (`JobError`, one line each).
