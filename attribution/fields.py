@@ -11,6 +11,9 @@ frozen dataclass declared with `setting(...)`. From those declarations alone thi
 * `schema(cls)`: the key tree (for `--set` overrides and the documentation test);
 * `path_keys(cls)`: the dotted keys holding file paths (resolved against the config's directory).
 
+A field may be used only when another field of its section has a given value
+(`when=("steps", "auto")`): given otherwise it is an error, and `to_dict` leaves it out.
+
 A section may define `cross_check(prefix)` for rules between its fields (run after the fields
 are parsed). A *kinded* section (a `kind` field checked by `Choice`, e.g. the baseline) lists per
 field the kinds that use it (`kinds={"constant": REQUIRED_FOR_KIND}`): a field given for another
@@ -40,10 +43,12 @@ __all__ = [
     "Choice",
     "Function",
     "Integer",
+    "IntegerOrWord",
     "Names",
     "Number",
     "NumberOrMap",
     "NumberOrNumbersMap",
+    "Positive",
     "Section",
     "SettingsError",
     "Text",
@@ -135,6 +140,35 @@ class Integer(Check):
         if not _is_int(value) or value < self.minimum:
             raise SettingsError(f"must be an integer >= {self.minimum}, got {show(value)}", key)
         return int(value)
+
+
+class IntegerOrWord(Check):
+    """An integer >= `minimum`, or the string `word` (e.g. steps: `auto`)."""
+
+    def __init__(self, minimum: int, word: str) -> None:
+        self.minimum, self.word = minimum, word
+
+    def __call__(self, value: Any, key: str, api: bool) -> int | str:
+        if value == self.word and isinstance(value, str):
+            return value
+        if not _is_int(value) or value < self.minimum:
+            # a string is told the one word allowed; a number, the integers (as `Integer`)
+            also = f" or {self.word}" if isinstance(value, str) else ""
+            raise SettingsError(
+                f"must be an integer >= {self.minimum}{also}, got {show(value)}", key
+            )
+        return int(value)
+
+
+class Positive(Check):
+    """A finite number > 0; returned as float."""
+
+    def __call__(self, value: Any, key: str, api: bool) -> float:
+        if not _is_number(value) or value <= 0:
+            raise SettingsError(
+                f"must be a number > 0, got {show(value)}{_number_hint(value)}", key
+            )
+        return float(value)
 
 
 class Number(Check):
@@ -317,6 +351,7 @@ class _Spec:
     kinds: Mapping[str, bool] | None = None
     config: bool = True
     path: bool = False
+    when: tuple[str, Any] | None = None
 
 
 def setting(
@@ -326,6 +361,7 @@ def setting(
     kinds: Mapping[str, bool] | None = None,
     config: bool = True,
     path: bool = False,
+    when: tuple[str, Any] | None = None,
 ) -> Any:
     """Declares a settings field.
 
@@ -338,11 +374,14 @@ def setting(
       config: False for settings only the Python API can hold (functions): no config key.
       path: The value is a file path or comma-separated patterns, resolved against the directory
         of the config file.
+      when: (field, value): the setting is used only when that field of the section has that
+        value (`("steps", "auto")`); given otherwise it is an error, and `to_dict` leaves it
+        out then (so sections written before it existed read and compare the same).
 
     Returns:
       A `dataclasses.field`.
     """
-    meta = {_META: _Spec(check, kinds, config, path)}
+    meta = {_META: _Spec(check, kinds, config, path, when)}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     if dataclasses.is_dataclass(default) or isinstance(default, dict | list | set):
@@ -449,6 +488,12 @@ def validated(instance: T, prefix: str = "") -> T:
     return _parse(cls, given, prefix, api=True)
 
 
+def _value_of(cls: type, values: Mapping[str, Any], name: str) -> Any:
+    if name in values:
+        return values[name]
+    return default_of(cls, name)
+
+
 def _same(a: Any, b: Any) -> bool:
     if a is b:
         return True
@@ -501,6 +546,10 @@ def _parse(cls: type[T], data: Mapping[str, Any], prefix: str, api: bool) -> T:
             if _spec(f).check.section is None:
                 raise SettingsError("required", key)
             values[f.name] = _spec(f).check({}, key, api)  # names the section's required key
+    for f in fields:  # a field used only with another field's value
+        when = _spec(f).when
+        if when is not None and f.name in given and _value_of(cls, values, when[0]) != when[1]:
+            raise SettingsError(f"only used with {when[0]}: {when[1]}", _join(prefix, f.name))
     instance = cls(**values)
     cross_check = getattr(instance, "cross_check", None)
     if cross_check is not None:
@@ -523,6 +572,9 @@ def to_dict(instance: Any) -> dict[str, Any]:
     for f in config_fields(cls):
         kinds = _spec(f).kinds
         if kind is not None and kinds is not None and kind not in kinds:
+            continue
+        when = _spec(f).when
+        if when is not None and getattr(instance, when[0]) != when[1]:
             continue
         out[f.name] = _plain(getattr(instance, f.name))
     return out

@@ -37,6 +37,10 @@ def integration_rule(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
       SettingsError: unknown method or too few steps (a `ValueError` naming the setting).
     """
     rule = validated(AttributionConfig(method=method, steps=steps))
+    if rule.adaptive:
+        raise ValueError(
+            "steps: auto has no single rule; use attribution.adaptive.AdaptiveIntegratedGradients"
+        )
     n = rule.steps
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)

@@ -7,7 +7,8 @@ YAML schema, `to_dict`, parsing and error messages are all derived from the decl
 
     Baseline          how each example's baseline is built (kinds: BASELINE_KINDS)
     Target            which output scalar is explained (kinds: TARGET_KINDS)
-    AttributionConfig method, steps, layer, output, baseline, target
+    AttributionConfig method, steps (or auto: tolerance, min_steps, max_steps), layer, output,
+                      baseline, target
     BatchingConfig    examples per model call, rows per gradient call
     ModelConfig       the model to load
 
@@ -29,16 +30,21 @@ from attribution.fields import (
     Choice,
     Function,
     Integer,
+    IntegerOrWord,
     Names,
     Number,
     NumberOrMap,
     NumberOrNumbersMap,
+    Positive,
     Section,
     Text,
+    default_of,
     setting,
 )
 
 __all__ = [
+    "ADAPTIVE_METHODS",
+    "AUTO_STEPS",
     "BASELINE_KINDS",
     "FEATURES",
     "KEYED_BASELINE_KINDS",
@@ -59,6 +65,12 @@ METHODS = (
     "gausslegendre",
 )
 """Integration rules (see `attribution.integration`)."""
+
+AUTO_STEPS = "auto"
+"""`steps: auto`: adaptive steps per example (`attribution.adaptive`)."""
+
+ADAPTIVE_METHODS = ("gausslegendre",)
+"""The rules `steps: auto` refines (the rule whose error falls fastest with the steps)."""
 
 BASELINE_KINDS = ("zeros", "constant", "per_feature", "array", "random_uniform")
 """Baseline kinds; `array` (per-example arrays passed to `attribute`) is Python-only."""
@@ -195,7 +207,14 @@ class AttributionConfig:
 
     Attributes:
       method: One of `METHODS`.
-      steps: Points on the integration path (>= 1; >= 2 for `riemann_trapezoid`).
+      steps: Points on the integration path (>= 1; >= 2 for `riemann_trapezoid`), or `auto`
+        (`AUTO_STEPS`, gausslegendre only): per example, `min_steps` points first, doubled
+        until the relative completeness error is within `tolerance` or `max_steps` is reached
+        (see `attribution.adaptive`).
+      tolerance: With `auto`: the relative completeness error to reach,
+        |delta| / max(|F(x) - F(x')|, tiny) (> 0).
+      min_steps: With `auto`: the points of the first try (>= 1).
+      max_steps: With `auto`: the most points per example (>= min_steps).
       layer: Attribute to the output of this named layer instead of the model inputs.
       output: Name of the model output to explain (multi-output models).
       baseline: The baseline.
@@ -203,19 +222,55 @@ class AttributionConfig:
     """
 
     method: str = setting("gausslegendre", check=Choice(METHODS, "method"))
-    steps: int = setting(50, check=Integer(1))
+    steps: int | str = setting(50, check=IntegerOrWord(1, AUTO_STEPS))
+    tolerance: float = setting(0.01, check=Positive(), when=("steps", AUTO_STEPS))
+    min_steps: int = setting(8, check=Integer(1), when=("steps", AUTO_STEPS))
+    max_steps: int = setting(256, check=Integer(1), when=("steps", AUTO_STEPS))
     layer: str | None = setting(None, check=Text())
     output: str | None = setting(None, check=Text())
     baseline: Baseline = setting(Baseline(), check=Section(Baseline))
     target: Target = setting(Target(), check=Section(Target))
 
+    @property
+    def adaptive(self) -> bool:
+        """Whether the steps are chosen per example (`steps: auto`)."""
+        return self.steps == AUTO_STEPS
+
+    def with_steps(self, steps: int) -> AttributionConfig:
+        """These settings with a fixed number of steps (the adaptive settings at defaults)."""
+        return dataclasses.replace(
+            self,
+            steps=steps,
+            **{name: default_of(AttributionConfig, name) for name in _ADAPTIVE_FIELDS},
+        )
+
     def cross_check(self, prefix: str) -> None:
-        """The trapezoid rule needs two points."""
+        """The trapezoid rule needs two points; `auto` needs gausslegendre and a valid range."""
+
+        def key(name: str) -> str:
+            return f"{prefix}.{name}" if prefix else name
+
+        if self.adaptive:
+            if self.method not in ADAPTIVE_METHODS:
+                raise SettingsError(
+                    f"auto needs method {' or '.join(ADAPTIVE_METHODS)}, not {self.method}; "
+                    "give an integer",
+                    key("steps"),
+                )
+            if self.max_steps < self.min_steps:
+                raise SettingsError(
+                    f"must be >= min_steps ({self.min_steps}), got {self.max_steps}",
+                    key("max_steps"),
+                )
+            return
         if self.method == "riemann_trapezoid" and self.steps < 2:
             raise SettingsError(
                 f"must be an integer >= 2 for method riemann_trapezoid, got {self.steps}",
-                f"{prefix}.steps" if prefix else "steps",
+                key("steps"),
             )
+
+
+_ADAPTIVE_FIELDS = ("tolerance", "min_steps", "max_steps")
 
 
 @dataclasses.dataclass(frozen=True)

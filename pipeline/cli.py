@@ -200,6 +200,12 @@ def _print_summary(summary: dict) -> None:
         f"  wall time: {summary['wall_seconds']:.1f}s, checks to summary "
         f"({summary['examples_per_second']} examples/s, model load and tracing included)"
     )
+    adaptive = summary.get("adaptive_steps")
+    if adaptive:
+        print(
+            f"  steps (auto): mean {adaptive['mean_steps']}, used {adaptive['steps_used']}, "
+            f"above tolerance {adaptive['tolerance']:g} at max_steps: {adaptive['above_tolerance']}"
+        )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -218,6 +224,11 @@ def _export(args: argparse.Namespace) -> int:
         return _fail(f"model: {err}")
     if not isinstance(loaded, LoadedEngine):
         return _fail("model: the model is already an igbeam export; export the trained model")
+    if loaded.adaptive:
+        return _fail(
+            "attribution.steps: auto cannot be exported (an export bakes in fixed steps); "
+            "give an integer, e.g. --set attribution.steps=64"
+        )
     out = os.path.join(args.out, args.subdirectory) if args.subdirectory else args.out
     try:
         export_integrated_gradients(

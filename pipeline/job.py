@@ -7,7 +7,8 @@ Layout of `output.path`:
   duplicate_keys/*.parquet      example keys seen more than once (reported, not dropped)
   schema.pbtxt                  the TFMD schema used (inferred when the config has none)
   counts.json                   the pipeline's own counts, as data, and its worker processes
-  summary.json                  counts, accounting, workers, config, versions, wall time
+  summary.json                  counts, accounting, workers, config, versions, wall time, and
+                                with steps auto `adaptive_steps` (steps used, above tolerance)
   _SUCCESS                      written last; a failed run never leaves one
 
 Everything that can be checked before Beam starts is checked first (`JobError`, one line each).
@@ -52,6 +53,7 @@ from transforms.attribute import (
     offer_loaded_engine,
 )
 from transforms.constants import (
+    ABOVE_TOLERANCE,
     ATTRIBUTIONS_DIR,
     BLOCK_BYTES,
     COUNTS_FILE,
@@ -66,6 +68,8 @@ from transforms.constants import (
     RECORDS_READ,
     SCHEMA_FILE,
     STATISTICS_DIR,
+    STEPS_COLUMN,
+    STEPS_USED_PREFIX,
     SUCCESS_FILE,
     SUMMARY_FILE,
 )
@@ -200,7 +204,11 @@ def plan_job(config: JobConfig) -> Plan:
     try:
         attributed_sizes = loaded.attributed_sizes()
         results_schema = attribution_schema(
-            attributed_sizes, schema, config.passthrough, input_features
+            attributed_sizes,
+            schema,
+            config.passthrough,
+            input_features,
+            adaptive=getattr(loaded, "adaptive", False),
         )
     except ValueError as err:
         raise JobError(f"attribution: {err}") from err
@@ -579,6 +587,8 @@ def run_job(
         "versions": versions,
         "beam_args": list(beam_args),
     }
+    if plan.output_schema.get_field_index(STEPS_COLUMN) >= 0:
+        summary["adaptive_steps"] = _adaptive_steps(config, counted["counts"])
     failure = None
     if accounting["balanced"] is False:
         failure = AccountingError(
@@ -602,6 +612,29 @@ def run_job(
     with FileSystems.create(_join(out, SUCCESS_FILE)) as f:
         f.write(b"")
     return summary
+
+
+def _adaptive_steps(config: JobConfig, counts: dict[str, int]) -> dict[str, Any]:
+    """With steps auto: how many examples used each number of steps, and how many stayed above
+    tolerance at max_steps (from the pipeline's counts)."""
+    used = {
+        int(name[len(STEPS_USED_PREFIX) :]): count
+        for name, count in counts.items()
+        if name.startswith(STEPS_USED_PREFIX)
+    }
+    total = sum(used.values())
+    settings = config.attribution
+    return {
+        "tolerance": settings.tolerance,
+        "min_steps": settings.min_steps,
+        "max_steps": settings.max_steps,
+        "steps_used": {str(steps): used[steps] for steps in sorted(used)},
+        "mean_steps": round(sum(s * c for s, c in used.items()) / total, 3) if total else None,
+        "above_tolerance": counts.get(ABOVE_TOLERANCE, 0),
+        "within_tolerance_fraction": (
+            round(1 - counts.get(ABOVE_TOLERANCE, 0) / total, 6) if total else None
+        ),
+    }
 
 
 def _read_counts(out: str) -> dict[str, Any]:

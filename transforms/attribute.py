@@ -29,6 +29,7 @@ from apache_beam.utils import shared
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from attribution import AttributionConfig, IntegratedGradients, ModelAdapter, load_model
+from attribution.adaptive import AdaptiveIntegratedGradients
 from attribution.engine import Attribution
 from attribution.errors import one_line
 from attribution.savedmodel import IG_SIGNATURE, ExportedAttributor
@@ -49,6 +50,8 @@ from transforms.constants import (
     STAGE_DECODE,
     STAGE_MODEL,
     STAGE_VALIDATE,
+    STEPS_COLUMN,
+    WITHIN_TOLERANCE_COLUMN,
 )
 from transforms.dead_letters import DeadLetter
 from transforms.decode import ExampleDecoder, dense_column, fixed_length, scalar_or_list
@@ -90,6 +93,7 @@ class Attributor(Protocol):
       layer: The layer of layer attribution, else None.
       needs_serialized: `attribute` needs the serialized examples (a preprocessing model).
       feature_specs: The features to read from the examples: name -> TensorSpec [None, ...].
+      adaptive: The steps are chosen per example (`attribute` returns an `AdaptiveAttribution`).
     """
 
     attributed_names: list[str]
@@ -143,7 +147,8 @@ class EngineSpec:
         preprocess = None
         if model.preprocess_path:
             preprocess = load_model(model.preprocess_path, safe_mode=model.safe_mode)
-        engine = IntegratedGradients(
+        make = AdaptiveIntegratedGradients if self.attribution.adaptive else IntegratedGradients
+        engine = make(
             adapter,
             settings=self.attribution,
             features=self.features,
@@ -228,11 +233,15 @@ class LoadedEngine:
     """
 
     def __init__(
-        self, model: ModelAdapter, preprocess: ModelAdapter | None, engine: IntegratedGradients
+        self,
+        model: ModelAdapter,
+        preprocess: ModelAdapter | None,
+        engine: IntegratedGradients | AdaptiveIntegratedGradients,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
         self.engine = engine
+        self.adaptive = isinstance(engine, AdaptiveIntegratedGradients)
         self.layer = engine.layer
         self.attributed_names = list(engine.attributed_specs)
         self.needs_serialized = preprocess is not None
@@ -279,6 +288,7 @@ class LoadedExport:
 
     def __init__(self, exported: ExportedAttributor) -> None:
         self.exported = exported
+        self.adaptive = False  # an export's steps are fixed
         self.layer = exported.layer
         self.attributed_names = list(exported.attributed_names)
         self.needs_serialized = exported.takes_examples
@@ -308,16 +318,23 @@ def attribution_schema(
     schema: schema_pb2.Schema,
     passthrough: Sequence[str],
     input_features: Sequence[str] = (),
+    *,
+    adaptive: bool = False,
 ) -> pa.Schema:
     """The explicit Arrow schema of the per-example results.
 
-    Columns: key, target, prediction, baseline_prediction, delta; `attr_<name>` per attributed
+    Columns: key, target, prediction, baseline_prediction, delta; with `adaptive` (steps auto)
+    `steps` (int32, the steps the example used) and `within_tolerance` (bool; there are no such
+    columns with fixed steps, whose number is the config's); `attr_<name>` per attributed
     feature (float64 for a scalar, list<float64> for a vector; per-token scores for a layer); then
     the pass-through features (a scalar when the schema fixes one value per example, else a list;
     bytes become UTF-8 strings; null when missing); then `in_<name>`, the input value of each of
     `input_features` (attributed features read from the examples), typed like a pass-through.
     """
     fields = list(RESULT_FIELDS)
+    if adaptive:
+        fields.append(pa.field(STEPS_COLUMN, pa.int32(), nullable=False))
+        fields.append(pa.field(WITHIN_TOLERANCE_COLUMN, pa.bool_(), nullable=False))
     for name, size in attributed_sizes.items():
         value = pa.float64() if size == 1 else pa.list_(pa.float64())
         fields.append(pa.field(ATTRIBUTION_PREFIX + name, value, nullable=False))
@@ -567,6 +584,9 @@ class AttributeBatchDoFn(beam.DoFn):
             "baseline_prediction": pa.array(result.baseline_predictions, pa.float64()),
             "delta": pa.array(result.deltas, pa.float64()),
         }
+        if STEPS_COLUMN in self._output_schema.names:
+            columns[STEPS_COLUMN] = pa.array(result.steps_used, pa.int32())
+            columns[WITHIN_TOLERANCE_COLUMN] = pa.array(result.within_tolerance, pa.bool_())
         attributions = result.attributions
         if not isinstance(attributions, Mapping):
             attributions = {self._loaded.attributed_names[0]: attributions}

@@ -39,6 +39,13 @@ DEAD_LETTER_COUNTERS = {
 KEY_COLUMN = "key"
 ATTRIBUTION_PREFIX = "attr_"  # attr_<feature>: one column per attributed feature (or layer)
 INPUT_PREFIX = "in_"  # in_<feature>: the attributed feature's input value (output.input_values)
+STEPS_COLUMN = "steps"  # with attribution.steps auto: the steps each example used (int32)
+WITHIN_TOLERANCE_COLUMN = "within_tolerance"  # with auto: relative error <= tolerance (bool)
+
+# Counts of adaptive steps (counts.json): STEPS_USED_PREFIX + "<steps>" examples each, and those
+# still above tolerance at max_steps.
+STEPS_USED_PREFIX = "steps_used_"
+ABOVE_TOLERANCE = "above_tolerance"
 
 # Tagged outputs.
 DEAD_LETTER_TAG = "dead_letter"

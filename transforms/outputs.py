@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -32,6 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import stages
 from transforms.attribute import AttributedBlock, WorkerInfo
 from transforms.constants import (
+    ABOVE_TOLERANCE,
     ATTRIBUTIONS_DIR,
     COUNTS_FILE,
     DEAD_LETTER_DIR,
@@ -44,6 +46,9 @@ from transforms.constants import (
     SLICE_REPLICATES_FILE,
     SLICE_STATISTICS_FILE,
     STATISTICS_DIR,
+    STEPS_COLUMN,
+    STEPS_USED_PREFIX,
+    WITHIN_TOLERANCE_COLUMN,
 )
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, dead_letter_to_row
 from transforms.statistics import AttributionStatistics, AttributionStatsCombineFn
@@ -143,6 +148,14 @@ def _counts(block: AttributedBlock) -> dict[str, int]:
     )
     for letter in block.dead_letters:
         counts["dead_letters_" + letter.stage] += 1
+    for batch in block.results:  # adaptive steps (steps: auto): the steps used, per value
+        if STEPS_COLUMN not in batch.schema.names:
+            continue
+        steps = batch.column(STEPS_COLUMN).to_numpy(zero_copy_only=False)
+        for value, count in zip(*np.unique(steps, return_counts=True), strict=True):
+            counts[f"{STEPS_USED_PREFIX}{int(value)}"] += int(count)
+        within = batch.column(WITHIN_TOLERANCE_COLUMN).to_numpy(zero_copy_only=False)
+        counts[ABOVE_TOLERANCE] += int(len(within) - within.sum())
     return dict(counts)
 
 
