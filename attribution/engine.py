@@ -43,6 +43,10 @@ __all__ = ["Attribution", "IntegratedGradients", "map_chunks", "rows_per_chunk"]
 
 TensorDict = dict[str, tf.Tensor]
 
+# Baseline kinds that give every example the same baseline (one sample): with no inputs besides
+# the attributed ones, F(x') is the same for every row and is computed once per chunk.
+SHARED_BASELINE_KINDS = ("zeros", "constant", "per_feature")
+
 ATTRIBUTIONS = "attributions/"
 BASELINES = "baselines/"
 
@@ -456,7 +460,12 @@ class IntegratedGradients:
         def block(start: tf.Tensor, stop: tf.Tensor) -> TensorDict:
             r, xs, bs = _rows(rest, start, stop), _rows(x, start, stop), _rows(base, start, stop)
             out_x = self.selected_output(r, layout.unpack(xs))
-            out_b = self.selected_output(r, layout.unpack(bs))
+            if not r and self.baseline.kind in SHARED_BASELINE_KINDS:
+                # Every row has the same baseline and no other input: F(x') of one row will do.
+                one = self.selected_output(r, layout.unpack({k: v[:1] for k, v in bs.items()}))
+                out_b = tf.broadcast_to(one, [stop - start, tf.shape(one)[1]])
+            else:
+                out_b = self.selected_output(r, layout.unpack(bs))
             chosen, safe = select_classes(out_x, requested[start:stop])
 
             def part(j: Any) -> TensorDict:
