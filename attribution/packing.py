@@ -33,6 +33,19 @@ class Packing:
     shapes: dict[str, tuple[int, ...]]  # name -> per-example shape
     dtypes: dict[str, tf.DType]  # dtype key -> dtype
 
+    def __post_init__(self) -> None:
+        # Per-name (dtype key, start, stop) column ranges: the host's pack and unpack are slice
+        # assignments and views, with no per-call arithmetic (np.split of 64 parts costs more
+        # than the copies themselves).
+        columns: dict[str, tuple[str, int, int]] = {}
+        for key, names in self.groups.items():
+            start = 0
+            for m in names:
+                stop = start + math.prod(self.shapes[m])
+                columns[m] = (key, start, stop)
+                start = stop
+        object.__setattr__(self, "_columns", columns)
+
     @classmethod
     def of(cls, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, tf.DType]) -> Packing:
         groups: dict[str, list[str]] = {}
@@ -54,32 +67,46 @@ class Packing:
         packed = {}
         for key, names in self.groups.items():
             if isinstance(values[names[0]], np.ndarray):
-                dtype = self.dtypes[key].as_numpy_dtype
-                parts = [np.asarray(values[m], dtype).reshape(-1, self.size(m)) for m in names]
-                packed[key] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+                packed[key] = self._pack_host(values, key, names)
             else:
                 parts = [tf.reshape(values[m], [-1, self.size(m)]) for m in names]
                 packed[key] = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
         return packed
 
+    def _pack_host(self, values: Mapping[str, Any], key: str, names: list[str]) -> np.ndarray:
+        dtype = np.dtype(self.dtypes[key].as_numpy_dtype)
+        parts = []
+        for m in names:
+            v = values[m]
+            _, start, stop = self._columns[m]  # type: ignore[attr-defined]
+            if not (  # [rows, size] of the right dtype (the usual case) is passed as it is
+                isinstance(v, np.ndarray) and v.dtype == dtype and v.shape[1:] == (stop - start,)
+            ):
+                v = np.asarray(v, dtype).reshape(-1, stop - start)
+            parts.append(v)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
     def unpack(self, packed: Mapping[str, Any]) -> dict[str, Any]:
         """dtype key -> [rows, D] to name -> [rows, *shape] (views for numpy arrays)."""
+        if any(isinstance(v, np.ndarray) for v in packed.values()):
+            return self._unpack_host(packed)
         out = {}
         for key, names in self.groups.items():
             whole = packed[key]
-            host = isinstance(whole, np.ndarray)
             sizes = [self.size(m) for m in names]
-            if len(names) == 1:
-                parts = [whole]
-            elif host:
-                parts = np.split(whole, np.cumsum(sizes)[:-1], axis=1)
-            else:
-                parts = tf.split(whole, sizes, axis=1)
+            parts = [whole] if len(names) == 1 else tf.split(whole, sizes, axis=1)
             for m, part in zip(names, parts, strict=True):
                 if self.shapes[m] == (self.size(m),):
                     out[m] = part  # already [rows, size]
-                elif host:
-                    out[m] = part.reshape((-1, *self.shapes[m]))
                 else:
                     out[m] = tf.reshape(part, [-1, *self.shapes[m]])
         return {m: out[m] for m in self.shapes}  # the attributed order, not the dtype grouping
+
+    def _unpack_host(self, packed: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        out = {}
+        for m, shape in self.shapes.items():  # the attributed order, not the dtype grouping
+            key, start, stop = self._columns[m]  # type: ignore[attr-defined]
+            whole = np.asarray(packed[key])
+            part = whole if len(self.groups[key]) == 1 else whole[:, start:stop]
+            out[m] = part if shape == (stop - start,) else part.reshape((-1, *shape))
+        return out

@@ -461,3 +461,49 @@ def test_missing_model_paths_raise(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(ModelLoadError, match="cannot load Keras model"):
         load_model(str(bad))
+
+
+# --------------------------------------------------------------- F(x') of a shared baseline
+
+
+@pytest.mark.parametrize("max_rows", [16384, 40])  # one chunk per call; chunked in-graph
+def test_shared_baseline_matches_the_same_values_given_per_example(max_rows):
+    # A constant baseline is the same for every example: the engine evaluates F(x') once per
+    # chunk. It must agree with the same values passed per example (kind 'array', F(x') per row).
+    adapter = ModelAdapter.from_keras(classifier())
+    x = RNG.normal(size=(13, 6)).astype(np.float32)
+    shared = IntegratedGradients(
+        adapter, steps=9, baseline=Baseline("constant", value=0.3), max_rows_per_call=max_rows
+    ).attribute(x)
+    given = IntegratedGradients(
+        adapter, steps=9, baseline=Baseline("array"), max_rows_per_call=max_rows
+    ).attribute(x, baselines=np.full_like(x, 0.3), targets=shared.targets)
+    probs = adapter.keras_model(np.full((1, 6), 0.3, np.float32)).numpy()[0]
+    np.testing.assert_allclose(shared.baseline_predictions, probs[shared.targets], rtol=1e-6)
+    np.testing.assert_allclose(shared.baseline_predictions, given.baseline_predictions, rtol=1e-6)
+    np.testing.assert_allclose(shared.attributions, given.attributions, atol=1e-7)
+    np.testing.assert_allclose(shared.deltas, given.deltas, atol=1e-7)
+
+
+def test_baseline_prediction_follows_pass_through_inputs():
+    # F = w . a + b with b passed through: F(x') = w . a' + b differs per example although the
+    # baseline a' is the same for all, and IG on a is exactly w * (a - a').
+    w = RNG.normal(size=4)
+
+    def fn(inputs):
+        return tf.reduce_sum(inputs["a"] * w, axis=1) + inputs["b"][:, 0]
+
+    specs = {"a": tf.TensorSpec([None, 4], tf.float64), "b": tf.TensorSpec([None, 1], tf.float64)}
+    adapter = ModelAdapter.from_function(fn, specs)
+    ig = IntegratedGradients(
+        adapter,
+        features=["a"],
+        target=Target("scalar"),
+        steps=3,
+        baseline=Baseline("constant", value=0.5),
+    )
+    a, b = RNG.normal(size=(7, 4)), RNG.normal(size=(7, 1))
+    result = ig.attribute({"a": a, "b": b})
+    np.testing.assert_allclose(result.baseline_predictions, 0.5 * w.sum() + b[:, 0], rtol=1e-9)
+    np.testing.assert_allclose(result.attributions["a"], w * (a - 0.5), rtol=1e-9)
+    np.testing.assert_allclose(result.deltas, 0.0, atol=1e-9)
