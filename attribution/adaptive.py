@@ -132,7 +132,8 @@ class AdaptiveIntegratedGradients:
         *,
         settings: AttributionConfig,
         features: Sequence[str] | None = None,
-        max_rows_per_call: int | None = None,
+        max_rows_per_call: int | str | None = None,
+        memory_budget: int | str | None = None,
     ) -> None:
         settings = validated(settings)
         if not settings.adaptive:
@@ -143,6 +144,7 @@ class AdaptiveIntegratedGradients:
         self.levels = step_levels(settings.min_steps, settings.max_steps)
         self._features = features
         self._max_rows_per_call = max_rows_per_call
+        self._memory_budget = memory_budget
         self._engines: dict[int, IntegratedGradients] = {}
         self.first = self.engine(self.levels[0])
 
@@ -153,6 +155,7 @@ class AdaptiveIntegratedGradients:
                 self.model,
                 features=self._features,
                 max_rows_per_call=self._max_rows_per_call,
+                memory_budget=self._memory_budget,
                 settings=self.settings.with_steps(steps),
             )
         return self._engines[steps]
@@ -193,6 +196,11 @@ class AdaptiveIntegratedGradients:
     @property
     def max_rows_per_call(self) -> int:
         return self.first.max_rows_per_call
+
+    @property
+    def batch_plan(self) -> Any:
+        """The first level's `BatchPlan` (rows per call are the same at every level)."""
+        return self.first.batch_plan
 
     def attribute(
         self,

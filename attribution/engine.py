@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from attribution.baselines import check_baseline, make_baselines
+from attribution.budget import AUTO, bytes_per_row, plan_batches
 from attribution.fields import check_value, default_of, validated
 from attribution.integration import integration_rule
 from attribution.models import ModelAdapter
@@ -151,8 +152,12 @@ class IntegratedGradients:
       steps: Number of path points.
       baseline: A `Baseline` (default zeros).
       target: A `Target` (default: the predicted class).
-      max_rows_per_call: Upper bound on examples x steps evaluated per gradient call.
-      settings: All of the above but `features` and `max_rows_per_call` at once.
+      max_rows_per_call: Upper bound on examples x steps evaluated per gradient call, or `auto`
+        (the default): `memory_budget` over the model's estimated bytes per row
+        (`attribution.budget`; the choice is in `batch_plan`).
+      memory_budget: The working-set budget for `auto` rows: a size ("512MiB", bytes) or
+        `auto` (40% of the GPU's memory, else 128 MiB).
+      settings: All of the above but `features`, `max_rows_per_call` and `memory_budget`.
 
     Raises:
       ValueError: any bad argument, with a message naming it and the valid choices.
@@ -169,7 +174,8 @@ class IntegratedGradients:
         steps: int | None = None,
         baseline: Baseline | None = None,
         target: Target | None = None,
-        max_rows_per_call: int | None = None,
+        max_rows_per_call: int | str | None = None,
+        memory_budget: int | str | None = None,
         settings: AttributionConfig | None = None,
     ) -> None:
         given = {
@@ -184,7 +190,10 @@ class IntegratedGradients:
         self.settings = validated(dataclasses.replace(settings or AttributionConfig(), **chosen))
         if max_rows_per_call is None:
             max_rows_per_call = default_of(BatchingConfig, "max_rows_per_call")
-        self.max_rows_per_call = check_value(BatchingConfig, "max_rows_per_call", max_rows_per_call)
+        max_rows_per_call = check_value(BatchingConfig, "max_rows_per_call", max_rows_per_call)
+        if memory_budget is None:
+            memory_budget = default_of(BatchingConfig, "memory_budget")
+        memory_budget = check_value(BatchingConfig, "memory_budget", memory_budget)
         if features is not None:
             features = FEATURES(features, "features", True)
         self.model = model
@@ -206,6 +215,15 @@ class IntegratedGradients:
             raise ValueError(f"the label feature {self.target.feature!r} cannot be attributed")
         check_baseline(self.baseline, self.attributed_specs)
         rows_per_example = None if self.baseline.kind == "array" else self.baseline.num_samples
+        # Rows per gradient call: given, or the memory budget over the model's bytes per row.
+        self.batch_plan = plan_batches(
+            steps=self.steps,
+            samples=rows_per_example or 1,
+            row_bytes=bytes_per_row(model.keras_model) if max_rows_per_call == AUTO else None,
+            budget=memory_budget,
+            max_rows_per_call=max_rows_per_call,
+        )
+        self.max_rows_per_call = self.batch_plan.rows_per_call
         examples, _ = rows_per_chunk(self.steps, self.max_rows_per_call)
         # Examples per call of `attribute_packed` when whole examples fit a chunk (usual), so
         # that its graph needs no loop over rows; None: the graph chunks rows itself.

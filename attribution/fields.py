@@ -160,6 +160,26 @@ class IntegerOrWord(Check):
         return int(value)
 
 
+class SizeOrWord(Check):
+    """A memory size (bytes as an integer, or a string like "512MiB", "2GB"), or `word`."""
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+
+    def __call__(self, value: Any, key: str, api: bool) -> int | str:
+        from attribution.budget import parse_size
+
+        if value == self.word and isinstance(value, str):
+            return value
+        size = parse_size(value)
+        if size is None:
+            raise SettingsError(
+                f"must be a size (bytes, or like 512MiB, 2GB) or {self.word}, got {show(value)}",
+                key,
+            )
+        return value if isinstance(value, str) else size
+
+
 class Positive(Check):
     """A finite number > 0; returned as float."""
 

@@ -37,6 +37,7 @@ from attribution.fields import (
     NumberOrNumbersMap,
     Positive,
     Section,
+    SizeOrWord,
     Text,
     default_of,
     setting,
@@ -67,6 +68,8 @@ METHODS = (
 """Integration rules (see `attribution.integration`)."""
 
 AUTO_STEPS = "auto"
+AUTO_SIZE = "auto"
+"""`batching` sizes chosen from the memory budget (`attribution.budget`)."""
 """`steps: auto`: adaptive steps per example (`attribution.adaptive`)."""
 
 ADAPTIVE_METHODS = ("gausslegendre",)
@@ -275,16 +278,22 @@ _ADAPTIVE_FIELDS = ("tolerance", "min_steps", "max_steps")
 
 @dataclasses.dataclass(frozen=True)
 class BatchingConfig:
-    """Batch sizes.
+    """Batch sizes: given, or chosen from a memory budget (`attribution.budget`).
 
     Attributes:
-      batch_size: Examples per model call.
-      max_rows_per_call: Upper bound on rows (path points x examples) per gradient call; below
-        `steps`, one example's path is split over several calls.
+      batch_size: Examples per model call, or `auto`: as many as fit `max_rows_per_call` rows
+        (rows / (steps x baseline samples); with `steps: auto`, `max_steps`).
+      max_rows_per_call: Upper bound on rows (path points x examples) per gradient call (below
+        `steps`, one example's path is split over several calls), or `auto`: `memory_budget`
+        divided by the model's estimated bytes per row.
+      memory_budget: The engine's working set per worker process, a size ("512MiB", "2GB",
+        bytes), or `auto`: 40% of the GPU's memory when there is one, else 128 MiB. Only used
+        when `max_rows_per_call` is `auto`.
     """
 
-    batch_size: int = setting(256, check=Integer(1))
-    max_rows_per_call: int = setting(16384, check=Integer(1))
+    batch_size: int | str = setting(AUTO_SIZE, check=IntegerOrWord(1, AUTO_SIZE))
+    max_rows_per_call: int | str = setting(AUTO_SIZE, check=IntegerOrWord(1, AUTO_SIZE))
+    memory_budget: int | str = setting(AUTO_SIZE, check=SizeOrWord(AUTO_SIZE))
 
 
 @dataclasses.dataclass(frozen=True)

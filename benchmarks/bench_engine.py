@@ -17,6 +17,8 @@ baseline and the predicted class (arg-max of F(x)), batches of 256 examples:
   method="gausslegendre", max_rows_per_call=16384).attribute(inputs, keys=keys)` exactly as
   `bench_throughput.py` calls it (dict of 64 [B, 1] column views, string keys), float64 results,
   F(x), F(x') and completeness deltas included.
+* ``plain kernel, XLA``: the same function with `jit_compile=True` (XLA), timed over all N
+  batches on its own (issue 13 asks to try it; the engine itself does not use XLA).
 * ``per-example loop``: what a TF tutorial reader writes: a Python loop over examples, one
   `tf.function` call per example (its S path points, one tape), on the first `--loop-examples`
   (500) examples; examples/s for scale.
@@ -91,6 +93,7 @@ RTOL = 1e-4
 
 PLAIN = "plain kernel"
 ENGINE = "igbeam engine"
+XLA = "plain kernel, XLA"
 LOOP = "per-example loop"
 MATMUL = "matmul peak"
 
@@ -116,8 +119,11 @@ def load_model_path(out: str) -> str:
     return path
 
 
-def plain_kernel(model: Any, steps: int) -> Callable[[Any], Any]:
-    """The plain batched IG kernel: x [B, 64] float32 -> (attributions [B, 64], F(x), class)."""
+def plain_kernel(model: Any, steps: int, jit_compile: bool = False) -> Callable[[Any], Any]:
+    """The plain batched IG kernel: x [B, 64] float32 -> (attributions [B, 64], F(x), class).
+
+    With `jit_compile`, the same function compiled by XLA (the "plain kernel, XLA" row).
+    """
     import tensorflow as tf
 
     from attribution.integration import integration_rule
@@ -130,7 +136,9 @@ def plain_kernel(model: Any, steps: int) -> Callable[[Any], Any]:
         cols = tf.split(z, NUM_FEATURES, axis=1)
         return model(dict(zip(FEATURES, cols, strict=True)), training=False)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, NUM_FEATURES], tf.float32)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, NUM_FEATURES], tf.float32)], jit_compile=jit_compile
+    )
     def kernel(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         b = tf.shape(x)[0]
         baseline = tf.zeros_like(x)
@@ -199,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     keras_model = adapter.keras_model
     kernel = plain_kernel(keras_model, steps)
+    xla = plain_kernel(keras_model, steps, jit_compile=True)
     one = per_example_fn(keras_model, steps)
 
     x = make_features(n)
@@ -224,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                     engine_s += time.perf_counter() - start
         return plain, engine_s
 
+    def run_xla() -> float:
+        start = time.perf_counter()
+        for s in batches:
+            xla(x[s])
+        return time.perf_counter() - start
+
     def run_loop() -> float:
         start = time.perf_counter()
         for i in range(m):
@@ -241,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     # Warm-up: trace every function (and the first full-size and last partial batch).
     for s in [batches[0], batches[-1]]:
         kernel(x[s])
+        xla(x[s])
         engine.attribute({k: v[s] for k, v in inputs.items()}, keys=keys[s])
     one(x[0])
     matmul().numpy()
@@ -276,10 +292,24 @@ def main(argv: list[str] | None = None) -> int:
         "completeness_median_abs_delta": float(np.median(np.abs(deltas))),
         "median_abs_prediction_gap": float(np.median(np.abs(gaps))),
     }
+    xla_attr = np.concatenate([xla(x[s])[0].numpy() for s in batches])
+    xla_gap = float(np.abs(xla_attr - plain_attr).max() / scale)
+    correctness["xla_vs_plain_max_rel_to_scale"] = xla_gap
     print("correctness:", json.dumps(correctness, indent=1))
 
-    variants: list[tuple[str, Callable[[], float]]] = [(LOOP, run_loop), (MATMUL, run_matmul)]
-    runs: dict[str, list[float]] = {PLAIN: [], ENGINE: [], LOOP: [], MATMUL: [], "ratio": []}
+    variants: list[tuple[str, Callable[[], float]]] = [
+        (XLA, run_xla),
+        (LOOP, run_loop),
+        (MATMUL, run_matmul),
+    ]
+    runs: dict[str, list[float]] = {
+        PLAIN: [],
+        ENGINE: [],
+        XLA: [],
+        LOOP: [],
+        MATMUL: [],
+        "ratio": [],
+    }
     for repeat in range(args.repeats):
         plain_s, engine_s = run_pair()
         runs[PLAIN].append(plain_s)
@@ -287,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         runs["ratio"].append(plain_s / engine_s)
         for name, fn in variants:
             runs[name].append(fn())
-        shown = "  ".join(f"{name} {runs[name][-1]:.3f}s" for name in (PLAIN, ENGINE, LOOP, MATMUL))
+        shown = "  ".join(
+            f"{name} {runs[name][-1]:.3f}s" for name in (PLAIN, ENGINE, XLA, LOOP, MATMUL)
+        )
         print(f"  repeat {repeat + 1}/{args.repeats}  {shown}")
 
     med = {name: statistics.median(t) for name, t in runs.items()}
@@ -296,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {
         PLAIN: {"examples": n, "seconds": runs[PLAIN], "median_seconds": med[PLAIN]},
         ENGINE: {"examples": n, "seconds": runs[ENGINE], "median_seconds": med[ENGINE]},
+        XLA: {"examples": n, "seconds": runs[XLA], "median_seconds": med[XLA]},
         LOOP: {"examples": m, "seconds": runs[LOOP], "median_seconds": med[LOOP]},
     }
     for row in rows.values():

@@ -140,7 +140,18 @@ def engine_spec(config: JobConfig) -> EngineSpec:
         attribution=config.attribution,
         features=config.features,
         max_rows_per_call=config.batching.max_rows_per_call,
+        memory_budget=config.batching.memory_budget,
+        batch_size=config.batching.batch_size,
     )
+
+
+READ_CHUNK = 256
+"""Records per reader chunk when `batching.batch_size` is `auto`: each worker regroups a
+block's chunks into its engine's examples per call (`transforms.attribute.rechunk`)."""
+
+
+def _read_chunk(batch_size: int | str) -> int:
+    return READ_CHUNK if isinstance(batch_size, str) else int(batch_size)
 
 
 def _sample_records(files: Sequence[str], limit: int) -> list[bytes]:
@@ -297,7 +308,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
     config = plan.config
     blocks = pipeline | "Read" >> ReadBlocks(
         plan.files,
-        chunk_size=config.batching.batch_size,
+        chunk_size=_read_chunk(config.batching.batch_size),
         block_rows=config.output.row_group_rows,
         block_bytes=BLOCK_BYTES,
     )
@@ -676,9 +687,14 @@ def _accounting(
     }
 
 
+_BATCHING = ("device", "memory_budget", "rows_per_call", "examples_per_call")
+"""The batch sizes each worker's engine chose (`attribution.budget.BatchPlan`)."""
+
+
 def _workers(workers: list[dict[str, Any]], chosen: _Runner) -> dict[str, Any]:
     """The worker processes that attributed blocks, and the model loads among them."""
     processes = {(w["host"], w["pid"]) for w in workers}
+    batching = {tuple(w.get(k, 0) for k in _BATCHING) for w in workers}
     return {
         "runner": chosen.name,
         "processes": len(processes),
@@ -686,4 +702,5 @@ def _workers(workers: list[dict[str, Any]], chosen: _Runner) -> dict[str, Any]:
         "model_loads": len({w["load_id"] for w in workers if w["load_id"]}),
         "tensorflow_threads": sorted({w["threads"] for w in workers}),
         "threads_setting": chosen.threads,
+        "batching": [dict(zip(_BATCHING, b, strict=True)) for b in sorted(batching)],
     }

@@ -252,7 +252,9 @@ def test_minimal_config_gets_defaults():
     assert job.attribution.output is None
     assert job.attribution.baseline == BaselineConfig(kind="zeros")
     assert job.attribution.target == TargetConfig(kind="predicted")
-    assert job.batching == BatchingConfig(batch_size=256, max_rows_per_call=16384)
+    assert job.batching == BatchingConfig(
+        batch_size="auto", max_rows_per_call="auto", memory_budget="auto"
+    )
     assert job.slices == ()
     assert job.output == OutputConfig(path="/out", shards=0, row_group_rows=65536)
     assert job.max_dead_letter_fraction == 0.01

@@ -30,6 +30,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from attribution import AttributionConfig, IntegratedGradients, ModelAdapter, load_model
 from attribution.adaptive import AdaptiveIntegratedGradients
+from attribution.budget import AUTO, BatchPlan
 from attribution.engine import Attribution
 from attribution.errors import one_line
 from attribution.savedmodel import IG_SIGNATURE, ExportedAttributor
@@ -56,7 +57,7 @@ from transforms.constants import (
 from transforms.dead_letters import DeadLetter
 from transforms.decode import ExampleDecoder, dense_column, fixed_length, scalar_or_list
 from transforms.records import Block
-from transforms.tfrecords import Record, RecordChunk, chunk_records
+from transforms.tfrecords import Record, RecordChunk, chunk_length, chunk_records
 
 __all__ = [
     "DASK_WORKER_THREADS",
@@ -120,7 +121,9 @@ class EngineSpec:
       model: The model section of the job config.
       attribution: The attribution section (method, steps, baseline, target, layer, output).
       features: The attributed features (None: every model input).
-      max_rows_per_call: The engine's row bound per gradient call.
+      max_rows_per_call: The engine's row bound per gradient call (`auto`: from the budget).
+      memory_budget: The engine's memory budget (`batching.memory_budget`).
+      batch_size: Examples per model call (`auto`: as many as fit a gradient call).
       threads: TensorFlow's intra- and inter-op threads in each worker process: 0 leaves
         TensorFlow's default (every core), `DASK_WORKER_THREADS` takes the Dask worker's
         `nthreads` (see `configure_threads`).
@@ -129,8 +132,10 @@ class EngineSpec:
     model: ModelConfig
     attribution: AttributionConfig = dataclasses.field(default_factory=AttributionConfig)
     features: tuple[str, ...] | None = None
-    max_rows_per_call: int | None = None
+    max_rows_per_call: int | str | None = None
     threads: int = 0
+    memory_budget: int | str = AUTO
+    batch_size: int | str = AUTO
 
     def load(self) -> Attributor:
         """Loads the model(s) and builds the compiled engine (expensive; once per process).
@@ -142,7 +147,7 @@ class EngineSpec:
         configure_threads(self.threads)
         model = self.model
         if model.signature == IG_SIGNATURE:
-            return LoadedExport(ExportedAttributor(model.path))
+            return LoadedExport(ExportedAttributor(model.path), self.batch_size)
         adapter = load_model(model.path, signature=model.signature, safe_mode=model.safe_mode)
         preprocess = None
         if model.preprocess_path:
@@ -153,8 +158,12 @@ class EngineSpec:
             settings=self.attribution,
             features=self.features,
             max_rows_per_call=self.max_rows_per_call,
+            memory_budget=self.memory_budget,
         )
-        return LoadedEngine(adapter, preprocess, engine)
+        plan = engine.batch_plan
+        if self.batch_size != AUTO:
+            plan = dataclasses.replace(plan, examples_per_call=int(self.batch_size))
+        return LoadedEngine(adapter, preprocess, engine, plan)
 
 
 DASK_WORKER_THREADS = -1
@@ -237,8 +246,10 @@ class LoadedEngine:
         model: ModelAdapter,
         preprocess: ModelAdapter | None,
         engine: IntegratedGradients | AdaptiveIntegratedGradients,
+        batch_plan: BatchPlan | None = None,
     ) -> None:
         self.model = model
+        self.batch_plan = batch_plan or engine.batch_plan
         self.preprocess = preprocess
         self.engine = engine
         self.adaptive = isinstance(engine, AdaptiveIntegratedGradients)
@@ -283,11 +294,18 @@ class LoadedEngine:
         )
 
 
+EXPORT_BATCH_SIZE = 256
+"""Examples per call of an igbeam export's signature when `batch_size` is `auto`."""
+
+
 class LoadedExport:
     """An igbeam export's `integrated_gradients` signature behind the `LoadedEngine` interface."""
 
-    def __init__(self, exported: ExportedAttributor) -> None:
+    def __init__(self, exported: ExportedAttributor, batch_size: int | str = AUTO) -> None:
         self.exported = exported
+        # The export bounds its own rows per call; the host sends `batch_size` examples a call.
+        examples = EXPORT_BATCH_SIZE if batch_size == AUTO else int(batch_size)
+        self.batch_plan = BatchPlan(0, examples, 0, 0, "", "export")
         self.adaptive = False  # an export's steps are fixed
         self.layer = exported.layer
         self.attributed_names = list(exported.attributed_names)
@@ -469,13 +487,25 @@ class AttributeBatchDoFn(beam.DoFn):
         self._decoder = ExampleDecoder(schema)
 
     @property
+    def batch_examples(self) -> int:
+        """Examples per model call of this worker's engine (after `setup()`)."""
+        plan = getattr(self._loaded, "batch_plan", None)
+        return plan.examples_per_call if plan is not None else 0
+
+    @property
     def worker(self) -> WorkerInfo:
         """This process and the engine it holds (after `setup()`), as counts report them."""
+        plan = getattr(self._loaded, "batch_plan", None)
         return WorkerInfo(
             socket.gethostname(),
             os.getpid(),
             getattr(self._loaded, "load_id", ""),
             _THREADS.get("applied", 0),
+            *(
+                (plan.device, plan.memory_budget, plan.rows_per_call, plan.examples_per_call)
+                if plan is not None
+                else ("", 0, 0, 0)
+            ),
         )
 
     # ----------------------------------------------------------------------------------- steps
@@ -684,6 +714,26 @@ class AttributeBatchDoFn(beam.DoFn):
         yield from self.emit(self.prepare(chunks))
 
 
+def rechunk(chunks: Sequence[RecordChunk], size: int) -> list[RecordChunk]:
+    """A block's record chunks regrouped into chunks of `size` records (the last one smaller).
+
+    Chunks of one block hold consecutive records of one file; chunks already of that size are
+    returned as they are.
+    """
+    if not chunks or size <= 0:
+        return list(chunks)
+    if all(chunk_length(c) == size for c in chunks[:-1]) and chunk_length(chunks[-1]) <= size:
+        return list(chunks)
+    path = chunks[0][0]
+    indices = [i for c in chunks for i in c[1]]
+    offsets = [o for c in chunks for o in c[2]]
+    payloads = [p for c in chunks for p in c[3]]
+    return [
+        (path, indices[i : i + size], offsets[i : i + size], payloads[i : i + size])
+        for i in range(0, len(payloads), size)
+    ]
+
+
 class _Prepared(NamedTuple):
     """A decoded and validated batch (`AttributeBatchDoFn.prepare`).
 
@@ -707,12 +757,18 @@ class WorkerInfo(NamedTuple):
       host, pid: The process.
       load_id: The engine it holds (a new id per model load in a process).
       threads: The TensorFlow threads it was given (0: TensorFlow's default).
+      device, memory_budget, rows_per_call, examples_per_call: Its engine's batch sizes
+        (`attribution.budget.BatchPlan`).
     """
 
     host: str
     pid: int
     load_id: str
     threads: int
+    device: str = ""
+    memory_budget: int = 0
+    rows_per_call: int = 0
+    examples_per_call: int = 0
 
 
 class AttributedBlock(NamedTuple):
@@ -782,7 +838,7 @@ class AttributeBlockDoFn(beam.DoFn):
     def process(self, block: Block) -> Iterator[AttributedBlock]:
         results: list[pa.RecordBatch] = []
         dead = list(block.dead_letters)
-        for prepared in self._prepared(block.chunks):
+        for prepared in self._prepared(rechunk(block.chunks, self._fn.batch_examples)):
             for out in self._fn.emit(prepared):
                 if isinstance(out, beam.pvalue.TaggedOutput):
                     dead.append(out.value)
