@@ -134,6 +134,7 @@ class AdaptiveIntegratedGradients:
         features: Sequence[str] | None = None,
         max_rows_per_call: int | str | None = None,
         memory_budget: int | str | None = None,
+        jit_compile: bool | None = None,
     ) -> None:
         settings = validated(settings)
         if not settings.adaptive:
@@ -145,6 +146,7 @@ class AdaptiveIntegratedGradients:
         self._features = features
         self._max_rows_per_call = max_rows_per_call
         self._memory_budget = memory_budget
+        self._jit_compile = jit_compile
         self._engines: dict[int, IntegratedGradients] = {}
         self.first = self.engine(self.levels[0])
 
@@ -156,6 +158,7 @@ class AdaptiveIntegratedGradients:
                 features=self._features,
                 max_rows_per_call=self._max_rows_per_call,
                 memory_budget=self._memory_budget,
+                jit_compile=self._jit_compile,
                 settings=self.settings.with_steps(steps),
             )
         return self._engines[steps]

@@ -157,7 +157,9 @@ class IntegratedGradients:
         (`attribution.budget`; the choice is in `batch_plan`).
       memory_budget: The working-set budget for `auto` rows: a size ("512MiB", bytes) or
         `auto` (40% of the GPU's memory, else 128 MiB).
-      settings: All of the above but `features`, `max_rows_per_call` and `memory_budget`.
+      jit_compile: Compile the gradient computation with XLA (the host pads each call to the
+        next power of two examples, at most `examples_per_call`, so XLA compiles few shapes).
+      settings: All of the above but `features` and the `batching` ones.
 
     Raises:
       ValueError: any bad argument, with a message naming it and the valid choices.
@@ -176,6 +178,7 @@ class IntegratedGradients:
         target: Target | None = None,
         max_rows_per_call: int | str | None = None,
         memory_budget: int | str | None = None,
+        jit_compile: bool | None = None,
         settings: AttributionConfig | None = None,
     ) -> None:
         given = {
@@ -191,6 +194,10 @@ class IntegratedGradients:
         if max_rows_per_call is None:
             max_rows_per_call = default_of(BatchingConfig, "max_rows_per_call")
         max_rows_per_call = check_value(BatchingConfig, "max_rows_per_call", max_rows_per_call)
+        if jit_compile is None:
+            jit_compile = default_of(BatchingConfig, "jit_compile")
+        self.jit_compile = check_value(BatchingConfig, "jit_compile", jit_compile)
+        self._grad_fn: Callable[..., TensorDict] | None = None
         if memory_budget is None:
             memory_budget = default_of(BatchingConfig, "memory_budget")
         memory_budget = check_value(BatchingConfig, "memory_budget", memory_budget)
@@ -488,7 +495,7 @@ class IntegratedGradients:
 
             def part(j: Any) -> TensorDict:
                 a, w = alphas[j * points : (j + 1) * points], weights[j * points : (j + 1) * points]
-                g = self._packed_grad_sum(r, xs, bs, safe, a, w, layout)
+                g = self._grad_sum()(r, xs, bs, safe, a, w)
                 return {"grads/" + k: tf.cast(v, tf.float64) for k, v in g.items()}
 
             if path_chunks == 1:
@@ -521,6 +528,21 @@ class IntegratedGradients:
         if self.examples_per_call is not None:  # the caller bounds the rows: one chunk
             return block(tf.constant(0), rows)
         return map_chunks(block, rows, examples, specs)
+
+    def _grad_sum(self) -> Callable[..., TensorDict]:
+        """`_packed_grad_sum` for this layout; compiled by XLA with `jit_compile`."""
+        if self._grad_fn is None:
+            layout = self.layout()
+
+            def grad_sum(*args: Any) -> TensorDict:
+                return self._packed_grad_sum(*args, layout)
+
+            self._grad_fn = (
+                tf.function(grad_sum, jit_compile=True, autograph=False)
+                if self.jit_compile
+                else grad_sum
+            )
+        return self._grad_fn
 
     def _packed_grad_sum(
         self,
@@ -705,16 +727,30 @@ class IntegratedGradients:
         per_call = self.examples_per_call or n
         fn = self._compiled()
         parts = []
+        pad = self.jit_compile and self.examples_per_call is not None
         for start in range(0, n, per_call):
             s = slice(start, min(n, start + per_call))
+            size = s.stop - s.start
+
+            # XLA compiles per shape: a call is padded with its last example to the next power
+            # of two (at most `examples_per_call`), so a run compiles a handful of shapes.
+            padded = min(per_call, 1 << (size - 1).bit_length()) if pad else size
+
+            def rows(v: np.ndarray, s: slice = s, padded: int = padded) -> np.ndarray:
+                if padded == s.stop - s.start:
+                    return v[s]
+                extra = padded - (s.stop - s.start)
+                return np.concatenate([v[s], np.repeat(v[s.stop - 1 : s.stop], extra, 0)])
+
+            specs = self.input_specs
             out = fn(
-                {k: tf.convert_to_tensor(v[s], self.input_specs[k].dtype) for k, v in rest.items()},
-                {k: tf.convert_to_tensor(v[s], layout.dtypes[k]) for k, v in packed.items()},
-                tf.constant(keys[s], tf.string),
-                {k: tf.convert_to_tensor(v[s]) for k, v in provided.items()},
-                tf.constant(requested[s], tf.int32),
+                {k: tf.convert_to_tensor(rows(v), specs[k].dtype) for k, v in rest.items()},
+                {k: tf.convert_to_tensor(rows(v), layout.dtypes[k]) for k, v in packed.items()},
+                tf.constant(rows(keys), tf.string),
+                {k: tf.convert_to_tensor(rows(v)) for k, v in provided.items()},
+                tf.constant(rows(requested), tf.int32),
             )
-            parts.append({k: v.numpy() for k, v in out.items()})
+            parts.append({k: v.numpy()[:size] for k, v in out.items()})
         out = (
             parts[0]
             if len(parts) == 1

@@ -289,11 +289,15 @@ class BatchingConfig:
       memory_budget: The engine's working set per worker process, a size ("512MiB", "2GB",
         bytes), or `auto`: 40% of the GPU's memory when there is one, else 128 MiB. Only used
         when `max_rows_per_call` is `auto`.
+      jit_compile: Compile the gradient computation with XLA (`tf.function(jit_compile=True)`;
+        each call padded to a power of two examples). Faster where XLA supports every op of
+        the model.
     """
 
     batch_size: int | str = setting(AUTO_SIZE, check=IntegerOrWord(1, AUTO_SIZE))
     max_rows_per_call: int | str = setting(AUTO_SIZE, check=IntegerOrWord(1, AUTO_SIZE))
     memory_budget: int | str = setting(AUTO_SIZE, check=SizeOrWord(AUTO_SIZE))
+    jit_compile: bool = setting(False, check=Boolean())
 
 
 @dataclasses.dataclass(frozen=True)

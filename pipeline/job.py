@@ -142,6 +142,7 @@ def engine_spec(config: JobConfig) -> EngineSpec:
         max_rows_per_call=config.batching.max_rows_per_call,
         memory_budget=config.batching.memory_budget,
         batch_size=config.batching.batch_size,
+        jit_compile=config.batching.jit_compile,
     )
 
 

@@ -198,3 +198,32 @@ def test_a_job_with_auto_batching_reports_its_sizes_and_matches_given_sizes(tmp_
     assert list(a["key"]) == list(b["key"])
     columns = [c for c in a.columns if c.startswith("attr_")] + ["delta", "prediction"]
     np.testing.assert_allclose(b[columns].to_numpy(), a[columns].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_xla_compiled_engine_equals_the_closed_form_and_pads_short_calls():
+    """jit_compile: IG of a linear model is w * (x - 0) exactly; a batch that is not a multiple
+    of the examples per call is padded to one shape and the padding never comes out."""
+    from attribution.settings import Target
+
+    x_in = keras.Input((5,), name="x")
+    model = keras.Model(x_in, keras.layers.Dense(1, name="y")(x_in))
+    w = np.array([[0.5], [-1.0], [2.0], [0.0], [3.0]], np.float32)
+    model.get_layer("y").set_weights([w, np.array([1.0], np.float32)])
+    adapter = ModelAdapter.from_keras(model)
+    x = np.random.default_rng(1).standard_normal((11, 5)).astype(np.float32)
+    jit = IntegratedGradients(
+        adapter, steps=8, target=Target(kind="scalar"), max_rows_per_call=32, jit_compile=True
+    )
+    plain = IntegratedGradients(
+        adapter, steps=8, target=Target(kind="scalar"), max_rows_per_call=32
+    )
+    assert jit.examples_per_call == 4  # 11 examples: calls of 4, 4 and 3 (padded to 4)
+    assert len(jit.attribute(x[:3]).deltas) == 3  # 3 examples padded to 4, then cut
+    result = jit.attribute(x)
+    assert result.attributions.shape == (11, 5) and result.deltas.shape == (11,)
+    np.testing.assert_allclose(result.attributions, x * w.reshape(1, 5), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.deltas, 0.0, atol=1e-5)
+    np.testing.assert_allclose(
+        result.attributions, plain.attribute(x).attributions, rtol=1e-6, atol=1e-7
+    )
+    assert jit._grad_fn is not None and hasattr(jit._grad_fn, "experimental_get_compiler_ir")

@@ -124,6 +124,7 @@ class EngineSpec:
       max_rows_per_call: The engine's row bound per gradient call (`auto`: from the budget).
       memory_budget: The engine's memory budget (`batching.memory_budget`).
       batch_size: Examples per model call (`auto`: as many as fit a gradient call).
+      jit_compile: Compile the engine's gradient computation with XLA.
       threads: TensorFlow's intra- and inter-op threads in each worker process: 0 leaves
         TensorFlow's default (every core), `DASK_WORKER_THREADS` takes the Dask worker's
         `nthreads` (see `configure_threads`).
@@ -136,6 +137,7 @@ class EngineSpec:
     threads: int = 0
     memory_budget: int | str = AUTO
     batch_size: int | str = AUTO
+    jit_compile: bool = False
 
     def load(self) -> Attributor:
         """Loads the model(s) and builds the compiled engine (expensive; once per process).
@@ -159,6 +161,7 @@ class EngineSpec:
             features=self.features,
             max_rows_per_call=self.max_rows_per_call,
             memory_budget=self.memory_budget,
+            jit_compile=self.jit_compile,
         )
         plan = engine.batch_plan
         if self.batch_size != AUTO:
