@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint browser demo bench bench-report bench-scale bench-memory clean
+.PHONY: venv test lint browser demo bench bench-report bench-scale bench-memory bench-engine bench-adaptive clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,9 @@ demo: $(STAMP)
 	$(PY) -m pipeline.demo
 
 bench: $(STAMP)
+	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_throughput.py
+	$(PY) benchmarks/bench_adaptive.py
 	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_report.py
 	$(PY) benchmarks/bench_memory.py --examples 20000 --variants
@@ -48,6 +50,12 @@ bench-report: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(PY) benchmarks/bench_scale.py
+
+bench-engine: $(STAMP)
+	$(PY) benchmarks/bench_engine.py
+
+bench-adaptive: $(STAMP)
+	$(PY) benchmarks/bench_adaptive.py
 
 bench-memory: $(STAMP)
 	$(PY) benchmarks/bench_memory.py --examples 20000 --variants
