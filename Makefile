@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint browser demo bench bench-report bench-scale bench-memory clean
+.PHONY: venv test lint browser demo bench bench-report bench-scale bench-memory bench-cnn clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_report.py
 	$(PY) benchmarks/bench_memory.py --examples 20000 --variants
+	$(PY) benchmarks/bench_cnn.py
 
 bench-report: $(STAMP)
 	$(PY) benchmarks/bench_report.py
@@ -51,6 +52,9 @@ bench-scale: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(PY) benchmarks/bench_memory.py --examples 20000 --variants
+
+bench-cnn: $(STAMP)
+	$(PY) benchmarks/bench_cnn.py
 
 clean:
 	rm -rf $(VENV) demo_out benchmarks/out
