@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint browser demo bench bench-report bench-scale bench-memory bench-engine bench-adaptive clean
+.PHONY: venv test lint browser demo bench bench-report bench-scale bench-memory bench-engine bench-adaptive bench-cnn clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_report.py
 	$(PY) benchmarks/bench_memory.py --examples 20000 --variants
+	$(PY) benchmarks/bench_cnn.py
 
 bench-report: $(STAMP)
 	$(PY) benchmarks/bench_report.py
@@ -59,6 +60,9 @@ bench-adaptive: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(PY) benchmarks/bench_memory.py --examples 20000 --variants
+
+bench-cnn: $(STAMP)
+	$(PY) benchmarks/bench_cnn.py
 
 clean:
 	rm -rf $(VENV) demo_out benchmarks/out

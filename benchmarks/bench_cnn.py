@@ -1,0 +1,490 @@
+"""CNN benchmark: the raw IG engine vs the whole igbeam pipeline on a small image model.
+
+The second model of the benchmarks (issue 13): where `bench_throughput.py` times a tabular MLP
+with 64 scalar inputs, this one times a small CNN with one image input, so the engine's work
+per example is large and the pipeline moves 3,072 values per example (in and out). One run
+builds (no downloads; reused when already built for the same N) the model
+
+  image (32, 32, 3) -> Conv2D 32 3x3 relu same -> MaxPool 2 -> Conv2D 64 3x3 relu same
+      -> MaxPool 2 -> Flatten -> Dense 10 softmax
+
+(Keras 3 functional, random weights from seed 0, saved as `.keras`) and N images (uniform
+[0, 1) float32, seed 0) as gzip TFRecords of `tf.train.Example` in 4 shards (a `FloatList` of
+3,072 values for `image`, a BYTES key `example_id`) with a TFMD schema giving `image` the fixed
+shape [32, 32, 3]. It then measures, on the same model, steps and data:
+
+* ``raw engine``: `attribution.IntegratedGradients` on in-memory numpy arrays in batches of the
+  pipeline's batch size. Built and called once (tracing) before timing.
+* ``pipeline``: `pipeline.job.run_job` (TFRecords -> Parquet attributions + statistics +
+  summary.json) on the DirectRunner, in-process (``--direct_num_workers=1``), the whole call
+  timed: planning, model loading and tracing included.
+
+Repeats are interleaved (raw, pipeline, raw, ...); medians are reported with the ratio
+pipeline / raw engine (target >= 0.9) and the pipeline's busy time per stage
+(`transforms.stages`). Each pipeline run is checked: all N attributed, no dead letters,
+accounting balanced; after the timings the Parquet attributions of a few examples are compared
+with the raw engine's. `--sweep` first times the raw engine alone at a few (batch size,
+max_rows_per_call) settings, the evidence for the defaults. Everything goes to a JSON file
+(default OUT/cnn.json).
+
+  .venv/bin/python benchmarks/bench_cnn.py [--examples N] [--steps S] [--repeats R]
+      [--batch-size B] [--max-rows-per-call M] [--sweep] [--out DIR] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (ROOT, os.path.join(ROOT, "benchmarks")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import numpy as np  # noqa: E402
+from bench_throughput import (  # noqa: E402
+    IN_PROCESS_ARGS,
+    RUNNERS,
+    STAGE_ORDER,
+    Timer,
+    _load,
+    example_keys,
+)
+
+from pipeline.examples import write_tfrecord_shards  # noqa: E402
+from pipeline.job import library_versions  # noqa: E402
+
+FEATURE = "image"
+SHAPE = (32, 32, 3)
+SIZE = int(np.prod(SHAPE))
+FILTERS = (32, 64)
+CLASSES = 10
+SEED = 0
+SHARDS = 4
+BATCH_SIZE = 32
+MAX_ROWS_PER_CALL = 1600
+METHOD = "gausslegendre"
+TARGET_RATIO = 0.9
+KEY_FEATURE = "example_id"
+# (batch size, max_rows_per_call) pairs the raw engine is timed at with --sweep.
+SWEEP = ((16, 800), (32, 800), (32, 1600), (64, 1600), (64, 3200), (128, 6400))
+# Examples whose Parquet attributions are compared with the raw engine's.
+CHECKED = 8
+
+SCHEMA_TEXT = (
+    f'feature {{ name: "{FEATURE}" type: FLOAT shape {{ '
+    + " ".join(f"dim {{ size: {d} }}" for d in SHAPE)
+    + " } }\n"
+    + f'feature {{ name: "{KEY_FEATURE}" type: BYTES shape {{ dim {{ size: 1 }} }} }}\n'
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: model and data
+# --------------------------------------------------------------------------------------------
+
+
+def make_images(n: int, seed: int = SEED) -> np.ndarray:
+    """[n, 32, 32, 3] float32 uniform in [0, 1)."""
+    return np.random.default_rng(seed).random((n, *SHAPE), dtype=np.float32)
+
+
+def build_model(path: str, seed: int = SEED) -> None:
+    """Saves the untrained CNN (32x32x3 -> conv 32 -> pool -> conv 64 -> pool -> dense 10)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    image = keras.Input(SHAPE, name=FEATURE)
+    h = image
+    for filters in FILTERS:
+        h = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(h)
+        h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Flatten()(h)
+    out = keras.layers.Dense(CLASSES, activation="softmax", name="probs")(h)
+    keras.Model(image, out).save(path)
+
+
+def prepare(out: str, n: int) -> dict[str, str]:
+    """Creates (or reuses, when made with the same N) the model and TFRecords under `out`."""
+    data_dir = os.path.join(out, "data")
+    model_path = os.path.join(out, "model.keras")
+    manifest_path = os.path.join(out, "inputs.json")
+    manifest = {"examples": n, "seed": SEED, "shards": SHARDS, "shape": list(SHAPE)}
+    try:
+        with open(manifest_path) as f:
+            reusable = json.load(f) == manifest and os.path.exists(model_path)
+    except (OSError, ValueError):
+        reusable = False
+    if not reusable:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        os.makedirs(out, exist_ok=True)
+        start = time.perf_counter()
+        build_model(model_path)
+        columns = {FEATURE: make_images(n).reshape(n, SIZE), KEY_FEATURE: example_keys(n)}
+        write_tfrecord_shards(data_dir, columns, shards=SHARDS, schema_text=SCHEMA_TEXT)
+        with open(manifest_path, "w") as f:
+            json.dump(manifest, f)
+        print(f"built model and {n} images in {time.perf_counter() - start:.1f}s")
+    else:
+        print(f"reusing model and {n} images in {out}")
+    return {
+        "model": model_path,
+        "pattern": os.path.join(data_dir, "*.tfrecord.gz"),
+        "schema": os.path.join(data_dir, "schema.pbtxt"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------
+
+
+class RawEngine:
+    """The engine on in-memory arrays: built and warmed up once, then timed over all N."""
+
+    def __init__(self, model_path: str, steps: int, n: int, batch_size: int, max_rows: int):
+        from attribution import IntegratedGradients, load_model
+
+        self.images = make_images(n)
+        self.keys = example_keys(n)
+        self.n, self.batch_size = n, batch_size
+        with Timer() as load:
+            self.engine = IntegratedGradients(
+                load_model(model_path), steps=steps, method=METHOD, max_rows_per_call=max_rows
+            )
+        self.load_seconds = load.wall
+        with Timer() as warmup:
+            self._call(slice(0, min(n, batch_size)))  # traces the compiled functions
+        self.warmup_seconds = warmup.wall
+
+    def _call(self, s: slice) -> Any:
+        return self.engine.attribute({FEATURE: self.images[s]}, keys=self.keys[s])
+
+    def run(self) -> tuple[float, float]:
+        """(wall, CPU) seconds to attribute all N examples in batches."""
+        with Timer() as t:
+            for i in range(0, self.n, self.batch_size):
+                self._call(slice(i, i + self.batch_size))
+        return t.wall, t.cpu
+
+    def attributions(self, index: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """([k, 32, 32, 3] attributions, [k] deltas) of the given examples, in one call."""
+        idx = np.asarray(index)
+        result = self.engine.attribute({FEATURE: self.images[idx]}, keys=self.keys[idx])
+        attr = result.attributions
+        attr = attr[FEATURE] if isinstance(attr, dict) else attr
+        return np.asarray(attr), np.asarray(result.deltas)
+
+
+def job_config(paths: dict[str, str], steps: int, output: str, batch: int, rows: int) -> Any:
+    """The benchmark job: the image attributed, zeros baseline, predicted class."""
+    from pipeline.config import parse_config
+
+    return parse_config(
+        {
+            "model": {"path": paths["model"]},
+            "input": {"pattern": paths["pattern"], "schema": paths["schema"], "key": KEY_FEATURE},
+            "features": None,
+            "passthrough": [],
+            "attribution": {
+                "method": METHOD,
+                "steps": steps,
+                "baseline": {"kind": "zeros"},
+                "target": {"kind": "predicted"},
+            },
+            "batching": {"batch_size": batch, "max_rows_per_call": rows},
+            "output": {"path": output},
+        }
+    )
+
+
+def run_pipeline(config: Any, n: int, snapshots: list) -> tuple[float, float]:
+    """(wall, CPU) seconds of one whole in-process `run_job` call; checks its counts."""
+    from pipeline.job import run_job
+    from transforms import stages
+
+    stages.reset()
+    with Timer() as t:
+        summary = run_job(config, list(IN_PROCESS_ARGS))
+    RUNNERS.mark_run(IN_PROCESS_ARGS)
+    snapshots.append(stages.snapshot())
+    counts = summary["counts"]
+    if (
+        counts["examples_attributed"] != n
+        or counts["dead_letters"]
+        or not summary["accounting"]["balanced"]
+    ):
+        raise RuntimeError(
+            f"pipeline attributed {counts}, accounting {summary['accounting']}; "
+            f"expected {n}, no dead letters, balanced"
+        )
+    return t.wall, t.cpu
+
+
+def stage_breakdown(snapshots: list[dict[str, dict[str, float]]], wall: float, n: int) -> dict:
+    """Median busy seconds per stage over the pipeline runs, and per example."""
+    names = [s for s in STAGE_ORDER if any(s in snap for snap in snapshots)]
+    seconds = {
+        s: statistics.median(snap.get(s, {}).get("seconds", 0.0) for snap in snapshots)
+        for s in names
+    }
+    other = wall - sum(v for k, v in seconds.items() if k != "decode")
+    return {
+        "stage_seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "stage_us_per_example": {k: round(v / n * 1e6, 1) for k, v in seconds.items()},
+        "beam_and_other_seconds": round(other, 3),
+        "host_wall_us_per_example": round((wall - seconds.get("engine", 0.0)) / n * 1e6, 1),
+    }
+
+
+def check_outputs(output: str, raw: RawEngine, n: int) -> dict[str, Any]:
+    """Compares the pipeline's Parquet attributions of a few examples with the raw engine's."""
+    import pyarrow.parquet as pq
+
+    from transforms.constants import ATTRIBUTION_PREFIX, KEY_COLUMN
+
+    column = ATTRIBUTION_PREFIX + FEATURE
+    files = sorted(glob.glob(os.path.join(output, "attributions", "*.parquet")))
+    table = pq.ParquetDataset(files).read(columns=[KEY_COLUMN, column, "delta", "prediction"])
+    keys = table.column(KEY_COLUMN).to_pylist()
+    if len(keys) != n or len(set(keys)) != n:
+        raise RuntimeError(f"attributions: {len(keys)} rows, {len(set(keys))} keys; expected {n}")
+    row_of = {k: i for i, k in enumerate(keys)}
+    index = sorted({int(i) for i in np.linspace(0, n - 1, min(CHECKED, n))})
+    ours, raw_deltas = raw.attributions(index)
+    rows = [row_of[raw.keys[i]] for i in index]
+    theirs = np.array([table.column(column)[r].as_py() for r in rows], dtype=np.float64)
+    theirs = theirs.reshape(len(index), *SHAPE)
+    deltas = np.abs(table.column("delta").to_numpy())
+    scale = float(np.abs(ours).max())
+    return {
+        "attribution_column_type": str(table.schema.field(column).type),
+        "checked_examples": len(index),
+        "max_abs_difference": float(np.abs(ours - theirs).max()),
+        "max_abs_attribution": scale,
+        "allclose_rtol_1e-4_atol_1e-6": bool(np.allclose(ours, theirs, rtol=1e-4, atol=1e-6)),
+        "completeness_abs_delta": {
+            "median": float(np.median(deltas)),
+            "max": float(deltas.max()),
+            "max_raw_checked": float(np.abs(raw_deltas).max()),
+        },
+        "prediction_range": [
+            float(np.min(table.column("prediction").to_numpy())),
+            float(np.max(table.column("prediction").to_numpy())),
+        ],
+    }
+
+
+def sweep(paths: dict[str, str], steps: int, n: int, repeats: int) -> list[dict[str, Any]]:
+    """The raw engine's time at each (batch size, max_rows_per_call) in SWEEP, interleaved."""
+    engines = [(b, m, RawEngine(paths["model"], steps, n, b, m)) for b, m in SWEEP]
+    walls: dict[tuple[int, int], list[float]] = {(b, m): [] for b, m, _ in engines}
+    for repeat in range(repeats):
+        for b, m, engine in engines:
+            wall, _ = engine.run()
+            walls[(b, m)].append(wall)
+            print(f"  sweep {repeat + 1}/{repeats}  batch {b:4d}  rows/call {m:5d}  {wall:7.2f}s")
+    rows = []
+    for (b, m), w in walls.items():
+        med = statistics.median(w)
+        rows.append(
+            {
+                "batch_size": b,
+                "max_rows_per_call": m,
+                "wall_seconds": [round(x, 3) for x in w],
+                "median_seconds": round(med, 3),
+                "examples_per_second": round(n / med, 1),
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--examples", type=int, default=1000, help="images N (1000)")
+    parser.add_argument("--steps", type=int, default=50, help="integration steps (50)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (3)")
+    parser.add_argument(
+        "--batch-size", type=int, default=BATCH_SIZE, help=f"examples per batch ({BATCH_SIZE})"
+    )
+    parser.add_argument(
+        "--max-rows-per-call",
+        type=int,
+        default=MAX_ROWS_PER_CALL,
+        help=f"engine rows (examples x steps) per gradient call ({MAX_ROWS_PER_CALL})",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="first time the raw engine alone at a few (batch, max_rows_per_call) settings",
+    )
+    parser.add_argument(
+        "--out",
+        default=os.path.join(ROOT, "benchmarks", "out", "cnn"),
+        help="working directory for the model, data and job outputs (benchmarks/out/cnn)",
+    )
+    parser.add_argument("--json", default=None, help="results file (default OUT/cnn.json)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if min(args.examples, args.steps, args.repeats, args.batch_size, args.max_rows_per_call) < 1:
+        raise SystemExit("--examples, --steps, --repeats, --batch-size, --max-rows-per-call >= 1")
+    out = os.path.abspath(args.out)
+    json_path = os.path.abspath(args.json or os.path.join(out, "cnn.json"))
+    n, steps, batch, rows = args.examples, args.steps, args.batch_size, args.max_rows_per_call
+    load_before = _load()
+    paths = prepare(out, n)
+    output = os.path.join(out, "job")
+    config = job_config(paths, steps, output, batch, rows)
+
+    sweep_rows = None
+    if args.sweep:
+        print(f"raw engine sweep (steps={steps}, {args.repeats} interleaved repeats) ...")
+        sweep_rows = sweep(paths, steps, n, args.repeats)
+
+    print(f"raw engine: loading and warming up (steps={steps}, batch {batch}, rows {rows}) ...")
+    raw = RawEngine(paths["model"], steps, n, batch, rows)
+    print(f"  load {raw.load_seconds:.2f}s, first call (tracing) {raw.warmup_seconds:.2f}s")
+
+    raw_name, pipe_name = f"raw engine, batch {batch}", "pipeline, in-process (1 worker)"
+    runs: dict[str, list[tuple[float, float]]] = {raw_name: [], pipe_name: []}
+    snapshots: list[dict[str, dict[str, float]]] = []
+    # Interleaved, so that a slow spell on a shared machine hits both alike.
+    for repeat in range(args.repeats):
+        for name, fn in (
+            (raw_name, raw.run),
+            (pipe_name, lambda: run_pipeline(config, n, snapshots)),
+        ):
+            wall, cpu = fn()
+            runs[name].append((wall, cpu))
+            print(f"  repeat {repeat + 1}/{args.repeats}  {name:<34} {wall:7.2f}s  cpu {cpu:7.2f}s")
+
+    checks = check_outputs(output, raw, n)
+    variants = []
+    for name, r in runs.items():
+        walls, cpus = [w for w, _ in r], [c for _, c in r]
+        med = statistics.median(walls)
+        variants.append(
+            {
+                "variant": name,
+                "examples": n,
+                "wall_seconds": [round(w, 3) for w in walls],
+                "cpu_seconds": [round(c, 3) for c in cpus],
+                "median_seconds": round(med, 3),
+                "min_seconds": round(min(walls), 3),
+                "median_cpu_seconds": round(statistics.median(cpus), 3),
+                "examples_per_second": round(n / med, 1),
+            }
+        )
+    raw_row, pipe_row = variants
+    ratio = {
+        "median": round(raw_row["median_seconds"] / pipe_row["median_seconds"], 3),
+        "min": round(raw_row["min_seconds"] / pipe_row["min_seconds"], 3),
+        "cpu": round(raw_row["median_cpu_seconds"] / pipe_row["median_cpu_seconds"], 3),
+    }
+    breakdown = stage_breakdown(snapshots, statistics.median(w for w, _ in runs[pipe_name]), n)
+
+    print()
+    print(
+        f"N={n} images {SHAPE}, steps={steps}, method={METHOD}, batch {batch}, "
+        f"max_rows_per_call {rows}, cpus={os.cpu_count()}, "
+        f"pipeline runner: {', '.join(sorted(RUNNERS.used))}"
+    )
+    if sweep_rows:
+        print("raw engine sweep (median s, ex/s):")
+        for r in sweep_rows:
+            print(
+                f"  batch {r['batch_size']:4d}  rows/call {r['max_rows_per_call']:5d}  "
+                f"{r['median_seconds']:7.2f}s  {r['examples_per_second']:7.1f} ex/s"
+            )
+    header = f"{'variant':<34} {'median s':>8} {'min s':>7} {'cpu s':>7} {'ex/s':>7}"
+    print(header)
+    print("-" * len(header))
+    for r in variants:
+        print(
+            f"{r['variant']:<34} {r['median_seconds']:8.2f} {r['min_seconds']:7.2f} "
+            f"{r['median_cpu_seconds']:7.2f} {r['examples_per_second']:7.1f}"
+        )
+    verdict = "meets" if ratio["median"] >= TARGET_RATIO else "misses"
+    print(
+        f"\npipeline / raw engine: {ratio['median']:.2f} on median wall time ({verdict} the "
+        f"{TARGET_RATIO} target); {ratio['min']:.2f} on best wall; {ratio['cpu']:.2f} on CPU"
+    )
+    print(f"\nwhere the pipeline's time goes (medians, N={n}; stages in the worker thread):")
+    for stage, secs in breakdown["stage_seconds"].items():
+        per = breakdown["stage_us_per_example"][stage]
+        print(f"  {stage:<12} {secs:7.2f}s  {per:9.1f} us/example")
+    print(f"  {'Beam, other':<12} {breakdown['beam_and_other_seconds']:7.2f}s  (wall less stages)")
+    print(f"  host work: {breakdown['host_wall_us_per_example']:.1f} us/example outside the engine")
+    cd = checks["completeness_abs_delta"]
+    print(
+        f"\nchecks: {n} attributed, no dead letters, accounting balanced; "
+        f"{checks['checked_examples']} examples vs raw engine: max |diff| "
+        f"{checks['max_abs_difference']:.2e} (max |attr| {checks['max_abs_attribution']:.2e}, "
+        f"allclose {checks['allclose_rtol_1e-4_atol_1e-6']}); |completeness delta| median "
+        f"{cd['median']:.2e}, max {cd['max']:.2e}; column {checks['attribution_column_type']}"
+    )
+
+    results = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join([sys.executable, *sys.argv]),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_before": load_before,
+            "load_average_after": _load(),
+        },
+        "versions": library_versions(),
+        "examples": n,
+        "steps": steps,
+        "repeats": args.repeats,
+        "method": METHOD,
+        "batch_size": batch,
+        "max_rows_per_call": rows,
+        "model": {
+            "input": {FEATURE: list(SHAPE)},
+            "conv_filters": list(FILTERS),
+            "classes": CLASSES,
+        },
+        "seed": SEED,
+        "shards": SHARDS,
+        "beam_args": IN_PROCESS_ARGS,
+        "runners_used": sorted(RUNNERS.used),
+        "raw_engine_load_seconds": round(raw.load_seconds, 3),
+        "raw_engine_first_call_seconds": round(raw.warmup_seconds, 3),
+        "variants": variants,
+        "ratio_pipeline_to_raw": ratio,
+        "target_ratio": TARGET_RATIO,
+        "stages": breakdown,
+        "checks": checks,
+        "sweep": sweep_rows,
+    }
+    os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"results: {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
