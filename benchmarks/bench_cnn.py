@@ -34,11 +34,9 @@ max_rows_per_call) settings, the evidence for the defaults. Everything goes to a
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -57,14 +55,15 @@ import numpy as np  # noqa: E402
 from bench_throughput import (  # noqa: E402
     IN_PROCESS_ARGS,
     RUNNERS,
-    STAGE_ORDER,
     Timer,
     _load,
     example_keys,
+    print_breakdown,
+    run_header,
+    stage_breakdown,
 )
 
 from pipeline.examples import write_tfrecord_shards  # noqa: E402
-from pipeline.job import library_versions  # noqa: E402
 
 FEATURE = "image"
 SHAPE = (32, 32, 3)
@@ -233,22 +232,6 @@ def run_pipeline(config: Any, n: int, snapshots: list) -> tuple[float, float]:
     return t.wall, t.cpu
 
 
-def stage_breakdown(snapshots: list[dict[str, dict[str, float]]], wall: float, n: int) -> dict:
-    """Median busy seconds per stage over the pipeline runs, and per example."""
-    names = [s for s in STAGE_ORDER if any(s in snap for snap in snapshots)]
-    seconds = {
-        s: statistics.median(snap.get(s, {}).get("seconds", 0.0) for snap in snapshots)
-        for s in names
-    }
-    other = wall - sum(v for k, v in seconds.items() if k != "decode")
-    return {
-        "stage_seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "stage_us_per_example": {k: round(v / n * 1e6, 1) for k, v in seconds.items()},
-        "beam_and_other_seconds": round(other, 3),
-        "host_wall_us_per_example": round((wall - seconds.get("engine", 0.0)) / n * 1e6, 1),
-    }
-
-
 def check_outputs(output: str, raw: RawEngine, n: int) -> dict[str, Any]:
     """Compares the pipeline's Parquet attributions of a few examples with the raw engine's."""
     import pyarrow.parquet as pq
@@ -401,7 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "min": round(raw_row["min_seconds"] / pipe_row["min_seconds"], 3),
         "cpu": round(raw_row["median_cpu_seconds"] / pipe_row["median_cpu_seconds"], 3),
     }
-    breakdown = stage_breakdown(snapshots, statistics.median(w for w, _ in runs[pipe_name]), n)
+    wall = statistics.median(w for w, _ in runs[pipe_name])
+    breakdown = stage_breakdown(snapshots, wall, None, n, None)
 
     print()
     print(
@@ -429,12 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\npipeline / raw engine: {ratio['median']:.2f} on median wall time ({verdict} the "
         f"{TARGET_RATIO} target); {ratio['min']:.2f} on best wall; {ratio['cpu']:.2f} on CPU"
     )
-    print(f"\nwhere the pipeline's time goes (medians, N={n}; stages in the worker thread):")
-    for stage, secs in breakdown["stage_seconds"].items():
-        per = breakdown["stage_us_per_example"][stage]
-        print(f"  {stage:<12} {secs:7.2f}s  {per:9.1f} us/example")
-    print(f"  {'Beam, other':<12} {breakdown['beam_and_other_seconds']:7.2f}s  (wall less stages)")
-    print(f"  host work: {breakdown['host_wall_us_per_example']:.1f} us/example outside the engine")
+    print_breakdown(breakdown, n)
     cd = checks["completeness_abs_delta"]
     print(
         f"\nchecks: {n} attributed, no dead letters, accounting balanced; "
@@ -445,16 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     results = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([sys.executable, *sys.argv]),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "load_average_before": load_before,
-            "load_average_after": _load(),
-        },
-        "versions": library_versions(),
+        **run_header(load_before),
         "examples": n,
         "steps": steps,
         "repeats": args.repeats,

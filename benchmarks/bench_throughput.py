@@ -271,6 +271,35 @@ STAGES: dict[int, list[dict[str, dict[str, float]]]] = {}
 STAGE_ORDER = ("read", "decode", "engine", "results", "statistics", "parquet", "totals")
 
 
+def print_breakdown(breakdown: dict[str, Any], n: int) -> None:
+    """Prints a `stage_breakdown`: seconds and µs per example per stage, the rest, host work."""
+    print(f"\nwhere the in-process run's time goes (medians, N={n}; stages in the worker thread):")
+    for stage, secs in breakdown["stage_seconds"].items():
+        per = breakdown["stage_us_per_example"][stage]
+        print(f"  {stage:<12} {secs:7.2f}s  {per:9.1f} us/example")
+    print(f"  {'Beam, other':<12} {breakdown['beam_and_other_seconds']:7.2f}s  (wall less stages)")
+    cpu = breakdown.get("host_cpu_us_per_example")
+    beyond = f"; {cpu} us/example of CPU beyond the raw engine's" if cpu is not None else ""
+    wall = breakdown["host_wall_us_per_example"]
+    print(f"  host work: {wall:.1f} us/example of wall outside the engine{beyond}")
+
+
+def run_header(load_before: list[float] | None) -> dict[str, Any]:
+    """The part of a results JSON that says when, how and where it was measured."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join([sys.executable, *sys.argv]),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_before": load_before,
+            "load_average_after": _load(),
+        },
+        "versions": library_versions(),
+    }
+
+
 def stage_breakdown(
     snapshots: list[dict[str, dict[str, float]]],
     wall: float,
@@ -561,15 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"on median wall time ({verdict} the {TARGET_RATIO} target); {ratio['min']:.2f} on "
         f"best wall time; {ratio['cpu']:.2f} on CPU time"
     )
-    print(f"\nwhere the in-process run's time goes (medians, N={n}; stages in the worker thread):")
-    for stage, secs in breakdown["stage_seconds"].items():
-        per = breakdown["stage_us_per_example"][stage]
-        print(f"  {stage:<12} {secs:7.2f}s  {per:7.1f} us/example")
-    print(f"  {'Beam, other':<12} {breakdown['beam_and_other_seconds']:7.2f}s  (wall less stages)")
-    print(
-        f"  host work: {breakdown['host_wall_us_per_example']:.1f} us/example of wall outside the "
-        f"engine; {breakdown['host_cpu_us_per_example']} us/example of CPU beyond the raw engine's"
-    )
+    print_breakdown(breakdown, n)
     if ceiling:
         fixed, top = ceiling["fixed_seconds"], ceiling["ceiling_ratio"]
         print(
@@ -579,16 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     results = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([sys.executable, *sys.argv]),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "load_average_before": load_before,
-            "load_average_after": _load(),
-        },
-        "versions": library_versions(),
+        **run_header(load_before),
         "examples": n,
         "steps": steps,
         "repeats": args.repeats,
