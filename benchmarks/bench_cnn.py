@@ -62,6 +62,7 @@ from bench_throughput import (  # noqa: E402
     run_header,
     stage_breakdown,
 )
+from bench_throughput import job_config as throughput_job_config  # noqa: E402
 
 from pipeline.examples import write_tfrecord_shards  # noqa: E402
 
@@ -189,24 +190,7 @@ class RawEngine:
 
 def job_config(paths: dict[str, str], steps: int, output: str, batch: int, rows: int) -> Any:
     """The benchmark job: the image attributed, zeros baseline, predicted class."""
-    from pipeline.config import parse_config
-
-    return parse_config(
-        {
-            "model": {"path": paths["model"]},
-            "input": {"pattern": paths["pattern"], "schema": paths["schema"], "key": KEY_FEATURE},
-            "features": None,
-            "passthrough": [],
-            "attribution": {
-                "method": METHOD,
-                "steps": steps,
-                "baseline": {"kind": "zeros"},
-                "target": {"kind": "predicted"},
-            },
-            "batching": {"batch_size": batch, "max_rows_per_call": rows},
-            "output": {"path": output},
-        }
-    )
+    return throughput_job_config(paths, steps, output, paths["pattern"], batch, rows)
 
 
 def run_pipeline(config: Any, n: int, snapshots: list) -> tuple[float, float]:

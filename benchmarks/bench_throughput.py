@@ -210,7 +210,14 @@ class RawEngine:
         return t.wall, t.cpu
 
 
-def job_config(paths: dict[str, str], steps: int, output: str, pattern: str) -> Any:
+def job_config(
+    paths: dict[str, str],
+    steps: int,
+    output: str,
+    pattern: str,
+    batch: int = BATCH_SIZE,
+    rows: int = MAX_ROWS_PER_CALL,
+) -> Any:
     """The benchmark job: every model input attributed, zeros baseline, predicted class."""
     from pipeline.config import parse_config
 
@@ -226,7 +233,7 @@ def job_config(paths: dict[str, str], steps: int, output: str, pattern: str) -> 
                 "baseline": {"kind": "zeros"},
                 "target": {"kind": "predicted"},
             },
-            "batching": {"batch_size": BATCH_SIZE, "max_rows_per_call": MAX_ROWS_PER_CALL},
+            "batching": {"batch_size": batch, "max_rows_per_call": rows},
             "output": {"path": output},
         }
     )
