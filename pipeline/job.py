@@ -77,6 +77,7 @@ from transforms.dead_letters import DEAD_LETTER_SCHEMA
 from transforms.decode import feature_names, infer_schema, load_schema, schema_to_text
 from transforms.outputs import (
     DUPLICATE_KEYS_SCHEMA,
+    TOTAL_GROUPS,
     WriteRunOutputs,
     write_parquet_file,
     write_statistics,
@@ -328,7 +329,17 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         slices=config.slices,
         shards=config.output.shards,
         statistics=statistics_arguments(plan),
+        groups=_merge_groups(pipeline),
     )
+
+
+def _merge_groups(pipeline: beam.Pipeline) -> int:
+    """Groups of the statistics' first merge level: many only where combines are not lifted."""
+    return TOTAL_GROUPS if type(pipeline.runner).__name__ in _UNLIFTED_RUNNERS else 1
+
+
+_UNLIFTED_RUNNERS = ("DaskRunner",)
+"""Runners that do not lift combiners (each group's block results meet in one list)."""
 
 
 @contextlib.contextmanager

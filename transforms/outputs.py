@@ -132,8 +132,10 @@ class BlockResult(NamedTuple):
 
 
 TOTAL_GROUPS = 16
-"""Block results are merged in two levels, `TOTAL_GROUPS` groups then one: a runner without
-combiner lifting (Beam's DaskRunner) then never holds every block's statistics in one list."""
+"""Block results are merged in two levels, groups then one. On a runner without combiner
+lifting (Beam's DaskRunner) `TOTAL_GROUPS` groups, so that no worker holds every block's
+statistics in one list; elsewhere one group, so that the lifted combine merges each bundle's
+blocks into one accumulator as they come (memory bounded by one accumulator, not the blocks)."""
 
 
 def _counts(block: AttributedBlock) -> dict[str, int]:
@@ -172,9 +174,11 @@ class _WriteBlockDoFn(beam.DoFn):
         output_schema: pa.Schema,
         statistics: AttributionStatsCombineFn,
         write_attributions: bool,
+        groups: int = TOTAL_GROUPS,
     ) -> None:
         super().__init__()
         self._dir = output_dir
+        self._groups = groups
         self._schema = output_schema
         self._statistics = statistics
         self._write_attributions = write_attributions
@@ -202,7 +206,7 @@ class _WriteBlockDoFn(beam.DoFn):
                 accumulator = self._statistics.compact(accumulator)
             frozen = _freeze(accumulator)
         buckets = list(_key_buckets(table)) if table.num_rows else []
-        group = zlib.crc32(f"{block.file_index}/{block.block_index}".encode()) % TOTAL_GROUPS
+        group = zlib.crc32(f"{block.file_index}/{block.block_index}".encode()) % self._groups
         yield BlockResult(_counts(block), frozen, buckets, block.worker, group)
 
 
@@ -381,6 +385,8 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
         `output.row_group_rows` rows), N > 0 shuffles the blocks into N files.
       statistics: More keyword arguments of `AttributionStatsCombineFn` (replicates,
         histogram buckets, inputs to describe).
+      groups: Groups of the first merge level (`TOTAL_GROUPS` for a runner without combiner
+        lifting, 1 otherwise).
     """
 
     def __init__(
@@ -392,18 +398,22 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
         slices: Sequence[Sequence[str]] = (),
         shards: int = 0,
         statistics: Mapping[str, Any] | None = None,
+        groups: int = TOTAL_GROUPS,
     ) -> None:
         super().__init__()
         self._dir = output_dir
         self._schema = output_schema
         self._shards = shards
+        self._groups = groups
         self._statistics = AttributionStatsCombineFn(
             features=list(features), slices=[list(s) for s in slices], **dict(statistics or {})
         )
 
     def expand(self, blocks: beam.PCollection[AttributedBlock]) -> beam.pvalue.PDone:
         results = blocks | "WriteBlocks" >> beam.ParDo(
-            _WriteBlockDoFn(self._dir, self._schema, self._statistics, self._shards == 0)
+            _WriteBlockDoFn(
+                self._dir, self._schema, self._statistics, self._shards == 0, self._groups
+            )
         )
         done = [
             results

@@ -14,7 +14,8 @@ The input is a stream of `pyarrow.RecordBatch` values of per-example attribution
 
 `AttributionStatsCombineFn` folds such batches into an accumulator that can be merged in any
 order and grouping (sums, counts, min/max and a Chan-style merge of the sum of squared
-deviations; quantiles from `tfx_bsl.sketches.QuantilesSketch`; top values from
+deviations; quantiles exact from raw values up to `RAW_VALUES_LIMIT` per column, then from a
+KLL sketch (`transforms.sketches`, <= 24 KB each); top values from
 `MisraGriesSketch`, distinct counts from `KmvSketch`) and renders `AttributionStatistics`:
 
 * ``features``: one row per (slice, feature) of attributions; ``slices``: one row per slice;
@@ -59,11 +60,12 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tfx_bsl.sketches import KmvSketch, MisraGriesSketch, QuantilesSketch
+from tfx_bsl.sketches import KmvSketch, MisraGriesSketch
 
 from attribution.fields import default_of
 from transforms.constants import ATTRIBUTION_PREFIX
 from transforms.settings import StatisticsConfig
+from transforms.sketches import KllSketch, k_for
 
 __all__ = [
     "ALL_DATA",
@@ -248,16 +250,18 @@ class AttributionStatistics(NamedTuple):
     slice_replicates: pa.Table = _empty(SLICE_REPLICATES_SCHEMA)
 
 
-# A quantile sketch stores ~32 bytes per value until it holds a few thousand values (then it is
-# bounded, ~180 KB at epsilon 0.01). Below this many values the raw values (8 bytes each) are
-# kept instead and their quantiles are exact; above it they move into a real sketch.
-RAW_VALUES_LIMIT = 16384
+# Below this many values per column the raw values (8 bytes each, 32 KB at the limit) are kept
+# and their quantiles are exact; above it they move into a KLL sketch of at most ~24 KB at
+# epsilon 0.01 (~10 KB typically), so no column holds more than ~32 KB whatever the count.
+RAW_VALUES_LIMIT = 4096
 
 
 class _BufferedSketch:
-    """A `QuantilesSketch` that keeps raw float64 values until there are `RAW_VALUES_LIMIT`.
+    """A quantile sketch that keeps raw float64 values until there are `RAW_VALUES_LIMIT`.
 
-    The same interface as the parts of `QuantilesSketch` used here (`AddValues`, `Merge`,
+    Past the limit the values go to a `KllSketch` (tfx-bsl's `QuantilesSketch` was ~180 KB per
+    column whatever the count; a run holds thousands). The interface of the parts of
+    `QuantilesSketch` used here (`AddValues`, `Merge`,
     `Compact`, `GetQuantiles`), mergeable and picklable; `Merge` leaves `other` unchanged.
     """
 
@@ -268,7 +272,7 @@ class _BufferedSketch:
         self.max_num_elements = max_num_elements
         self.values: list[np.ndarray] = []
         self.count = 0
-        self.sketch: QuantilesSketch | None = None
+        self.sketch: KllSketch | None = None
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -277,11 +281,11 @@ class _BufferedSketch:
         for name, value in state.items():
             setattr(self, name, value)
 
-    def _promote(self) -> QuantilesSketch:
+    def _promote(self) -> KllSketch:
         if self.sketch is None:
-            self.sketch = QuantilesSketch(self.epsilon, self.max_num_elements, 1)
+            self.sketch = KllSketch(k_for(self.epsilon))
             for values in self.values:
-                self.sketch.AddValues(pa.array(values))
+                self.sketch.add_array(values)
             self.values, self.count = [], 0
         return self.sketch
 
@@ -294,7 +298,7 @@ class _BufferedSketch:
         The array is kept, not copied: callers pass arrays they never modify.
         """
         if self.sketch is not None:
-            self.sketch.AddValues(pa.array(values))
+            self.sketch.add_array(values)
             return
         self.values.append(values)
         self.count += len(values)
@@ -343,7 +347,7 @@ class _PackedSketches(NamedTuple):
     max_num_elements: int
     lengths: np.ndarray  # raw values per column (int64)
     values: np.ndarray  # every column's raw values, concatenated (float64)
-    promoted: dict[int, Any]  # column -> its QuantilesSketch, for columns past the raw limit
+    promoted: dict[int, Any]  # column -> its KllSketch, for columns past the raw limit
 
 
 def _pack_sketches(sketches: list[_BufferedSketch]) -> _PackedSketches | list[_BufferedSketch]:
@@ -949,7 +953,8 @@ class AttributionStatsCombineFn(beam.CombineFn):
           slice_by_target: Whether to add one slice per value of the ``target`` column.
           quantiles: Number of quantile buckets (>= 2); ``quantiles + 1`` boundaries are output.
           epsilon: Rank error bound of the quantile sketches, as a fraction of the count.
-          max_num_elements: Capacity hint of each `QuantilesSketch`.
+          max_num_elements: Kept for compatibility; unused (the KLL sketches need no capacity
+            hint).
           replicates: Number of key-hash replicates (0: none). Each example also counts in the
             replicate ``crc32("replicate:" + key) % replicates``, and every statistic is kept
             per replicate too (the ``key`` column is needed).
