@@ -19,11 +19,11 @@ shape [32, 32, 3]. It then measures, on the same model, steps and data:
   summary.json) on the DirectRunner, in-process (``--direct_num_workers=1``), the whole call
   timed: planning, model loading and tracing included.
 
-Repeats are interleaved (raw, pipeline, raw, ...); medians are reported with the ratio
-pipeline / raw engine (target >= 0.9), also with the raw engine's one model load and first
-(tracing) call added to its time (the pipeline's time includes both), and the pipeline's
-busy time per stage (`transforms.stages`). Each pipeline run is checked: all N attributed, no
-dead letters, accounting balanced; after the timings the Parquet attributions of a few examples are compared
+Repeats are interleaved (raw, pipeline, raw, ...); medians are reported with the ratio pipeline
+/ raw engine (target >= 0.9), also with the raw engine's one model load and first (tracing) call
+added to its time (the pipeline's time includes both), and the pipeline's busy time per stage
+(`transforms.stages`). Each pipeline run is checked: all N attributed, no dead letters,
+accounting balanced; after the timings the Parquet attributions of a few examples are compared
 with the raw engine's. `--sweep` first times the raw engine alone at a few (batch size,
 max_rows_per_call) settings, the evidence for the defaults. Everything goes to a JSON file
 (default OUT/cnn.json).
