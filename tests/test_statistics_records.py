@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from transforms import statistics
 from transforms.statistics import (
     ALL_DATA,
     FEATURE_REPLICATES_SCHEMA,
@@ -60,6 +61,15 @@ CONFIG = dict(
     categorical_inputs=[("color", "color")],
     top_values=3,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def exact_quantiles():
+    """Every column here stays raw values (exact quantiles): these tests compare records exactly.
+    Sketched quantiles are checked in test_statistics.py and test_portability.py."""
+    old, statistics.RAW_VALUES_LIMIT = statistics.RAW_VALUES_LIMIT, 1 << 20
+    yield
+    statistics.RAW_VALUES_LIMIT = old
 
 
 @pytest.fixture(scope="module")

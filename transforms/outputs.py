@@ -132,10 +132,11 @@ class BlockResult(NamedTuple):
 
 
 TOTAL_GROUPS = 16
-"""Block results are merged in two levels, groups then one. On a runner without combiner
-lifting (Beam's DaskRunner) `TOTAL_GROUPS` groups, so that no worker holds every block's
-statistics in one list; elsewhere one group, so that the lifted combine merges each bundle's
-blocks into one accumulator as they come (memory bounded by one accumulator, not the blocks)."""
+"""On a runner without combiner lifting (Beam's DaskRunner) block results are merged in two
+levels, `TOTAL_GROUPS` groups then one, so that no worker holds every block's statistics in one
+list. Elsewhere in one level (`groups=1`): the lifted combine merges each bundle's blocks into one
+accumulator as they come, and the merged accumulator crosses one shuffle, not two (each crossing
+holds a few encoded copies of it at once: the end-of-run peak)."""
 
 
 def _counts(block: AttributedBlock) -> dict[str, int]:
@@ -386,7 +387,7 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
       statistics: More keyword arguments of `AttributionStatsCombineFn` (replicates,
         histogram buckets, inputs to describe).
       groups: Groups of the first merge level (`TOTAL_GROUPS` for a runner without combiner
-        lifting, 1 otherwise).
+        lifting); 1 merges in one level.
     """
 
     def __init__(
@@ -415,14 +416,21 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
                 self._dir, self._schema, self._statistics, self._shards == 0, self._groups
             )
         )
+        if self._groups == 1:  # combiner lifting: one level, the accumulator crosses one shuffle
+            totals = results | "CombineTotals" >> beam.CombineGlobally(
+                _TotalsCombineFn(self._statistics)
+            ).without_defaults()
+        else:
+            totals = (
+                results
+                | "KeyByGroup" >> beam.Map(lambda r: (r.group, r))
+                | "CombineGroups" >> beam.CombinePerKey(_GroupTotalsCombineFn(self._statistics))
+                | "DropGroupKeys" >> beam.Values()
+                | "CombineTotals"
+                >> beam.CombineGlobally(_TotalsCombineFn(self._statistics)).without_defaults()
+            )
         done = [
-            results
-            | "KeyByGroup" >> beam.Map(lambda r: (r.group, r))
-            | "CombineGroups" >> beam.CombinePerKey(_GroupTotalsCombineFn(self._statistics))
-            | "DropGroupKeys" >> beam.Values()
-            | "CombineTotals"
-            >> beam.CombineGlobally(_TotalsCombineFn(self._statistics)).without_defaults()
-            | "WriteTotals" >> beam.ParDo(_WriteTotals(self._dir)),
+            totals | "WriteTotals" >> beam.ParDo(_WriteTotals(self._dir)),
             results
             | "KeyBuckets" >> beam.FlatMap(lambda r: r.key_buckets)
             | "GroupKeyBuckets" >> beam.GroupByKey()

@@ -15,7 +15,7 @@ The input is a stream of `pyarrow.RecordBatch` values of per-example attribution
 `AttributionStatsCombineFn` folds such batches into an accumulator that can be merged in any
 order and grouping (sums, counts, min/max and a Chan-style merge of the sum of squared
 deviations; quantiles exact from raw values up to `RAW_VALUES_LIMIT` per column, then from a
-KLL sketch (`transforms.sketches`, <= 24 KB each); top values from
+KLL sketch (`transforms.sketches`, <= 12 KB each); top values from
 `MisraGriesSketch`, distinct counts from `KmvSketch`) and renders `AttributionStatistics`:
 
 * ``features``: one row per (slice, feature) of attributions; ``slices``: one row per slice;
@@ -250,10 +250,12 @@ class AttributionStatistics(NamedTuple):
     slice_replicates: pa.Table = _empty(SLICE_REPLICATES_SCHEMA)
 
 
-# Below this many values per column the raw values (8 bytes each, 32 KB at the limit) are kept
-# and their quantiles are exact; above it they move into a KLL sketch of at most ~24 KB at
-# epsilon 0.01 (~10 KB typically), so no column holds more than ~32 KB whatever the count.
-RAW_VALUES_LIMIT = 4096
+# Below this many values per column the raw values (8 bytes each, 4 KB at the limit) are kept
+# and their quantiles are exact; above it they move into a KLL sketch of at most ~12 KB at
+# epsilon 0.01 (3-5 KB typically): a column costs about the same raw or sketched, so no column
+# holds more than ~12 KB whatever the count. (4,096 raw values, 32 KB, made raw columns the
+# largest part of a run's accumulator and of its end-of-run peak.)
+RAW_VALUES_LIMIT = 512
 
 
 class _BufferedSketch:
