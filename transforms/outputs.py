@@ -417,9 +417,11 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
             )
         )
         if self._groups == 1:  # combiner lifting: one level, the accumulator crosses one shuffle
-            totals = results | "CombineTotals" >> beam.CombineGlobally(
-                _TotalsCombineFn(self._statistics)
-            ).without_defaults()
+            totals = (
+                results
+                | "CombineTotals"
+                >> beam.CombineGlobally(_TotalsCombineFn(self._statistics)).without_defaults()
+            )
         else:
             totals = (
                 results
