@@ -180,7 +180,7 @@ class _SignatureBuilder:
         self.preprocess = preprocess
         self.baseline = engine.baseline
         self.target = engine.target
-        self.random = self.baseline.uses_keys
+        self.random = engine.uses_keys
         if not isinstance(output_name, str) or not output_name or "/" in output_name:
             raise ValueError(
                 f"output_name must be a non-empty name without '/', got {output_name!r}"

@@ -1,0 +1,365 @@
+"""Tests of the baseline kinds blur, average, reference, expected_gradients and of SmoothGrad.
+
+Closed forms on linear models (IG = w * (x - x') exactly, averaged over baselines and noisy
+copies), completeness, determinism per key across batches and workers, the settings' one-line
+errors, the export, and the pipeline's resolution of data-derived baselines.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import classifier, linear_model
+
+from attribution import Baseline, IntegratedGradients, ModelAdapter, Target
+from attribution.blur import blur_matrix, gaussian_kernel
+from attribution.errors import SettingsError
+from attribution.fields import parse, to_dict
+from attribution.savedmodel import export_integrated_gradients
+from attribution.settings import AttributionConfig, SmoothGrad
+from attribution.smoothgrad import smoothgrad_noise
+
+RNG = np.random.default_rng(3)
+IG = "integrated_gradients"
+
+
+def _linear(w: np.ndarray, **kwargs) -> IntegratedGradients:
+    return IntegratedGradients(
+        ModelAdapter.from_keras(linear_model(w)), steps=5, target=Target("scalar"), **kwargs
+    )
+
+
+def image_linear_model(height: int, width: int, channels: int, seed: int = 0) -> keras.Model:
+    """y = w . flatten(image) + 0.25 on an [H, W, C] input "img": IG = w * (x - x') exactly."""
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((height, width, channels), name="img")
+    out = keras.layers.Dense(1, name="y")(keras.layers.Flatten()(inp))
+    model = keras.Model(inp, out)
+    w = rng.normal(size=(height * width * channels, 1)).astype(np.float32)
+    model.get_layer("y").set_weights([w, np.array([0.25], np.float32)])
+    return model
+
+
+# ------------------------------------------------------------------------------------ average
+
+
+AVERAGED = (
+    Baseline("zeros"),
+    Baseline("constant", value=0.5),
+    Baseline("per_feature", values={"x": [1.0, -1.0, 0.0, 2.0, 0.5, 1.0]}),
+    Baseline("random_uniform", low=-1.0, high=2.0, seed=4, samples=3),
+)
+
+
+def test_average_equals_the_mean_of_single_baseline_runs_on_a_linear_model():
+    w = RNG.normal(size=6)
+    x = RNG.normal(size=(7, 6)).astype(np.float32)
+    keys = [f"k{i}" for i in range(7)]
+    average = _linear(w, baseline=Baseline("average", baselines=AVERAGED)).attribute(x, keys=keys)
+    singles = [_linear(w, baseline=b).attribute(x, keys=keys) for b in AVERAGED]
+    counts = np.array([b.num_samples for b in AVERAGED], np.float64)  # 1, 1, 1, 3: S = 6
+    used = np.concatenate([s.baselines["x"] for s in singles], axis=1)
+    assert average.baselines["x"].shape == (7, 6, 6)
+    np.testing.assert_array_equal(average.baselines["x"], used)
+    expected = sum(c * s.attributions for c, s in zip(counts, singles, strict=True)) / counts.sum()
+    np.testing.assert_allclose(average.attributions, expected, atol=1e-6)
+    # the closed form: w * (x - mean over the S baselines)
+    np.testing.assert_allclose(average.attributions, w * (x - used.mean(axis=1)), atol=1e-5)
+    base = (
+        sum(c * s.baseline_predictions for c, s in zip(counts, singles, strict=True)) / counts.sum()
+    )
+    np.testing.assert_allclose(average.baseline_predictions, base, atol=1e-6)
+    np.testing.assert_allclose(average.predictions, x @ w + 0.25, atol=1e-5)
+    np.testing.assert_allclose(average.deltas, 0.0, atol=1e-5)
+
+
+def test_average_on_a_classifier_matches_the_single_runs_and_is_complete():
+    adapter = ModelAdapter.from_keras(classifier())
+    x = RNG.normal(size=(5, 6)).astype(np.float32)
+    keys = [f"e{i}" for i in range(5)]
+    members = (Baseline("zeros"), Baseline("random_uniform", low=-1.0, high=1.0, samples=2))
+    average = IntegratedGradients(
+        adapter, steps=32, baseline=Baseline("average", baselines=members)
+    ).attribute(x, keys=keys)
+    singles = [
+        IntegratedGradients(adapter, steps=32, baseline=b).attribute(x, keys=keys) for b in members
+    ]
+    np.testing.assert_array_equal(average.targets, singles[0].targets)
+    expected = (singles[0].attributions + 2 * singles[1].attributions) / 3
+    np.testing.assert_allclose(average.attributions, expected, atol=1e-6)
+    assert np.abs(average.deltas).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("baseline", "match"),
+    [
+        ({"kind": "average"}, r"attribution\.baseline\.baselines: required for baseline kind"),
+        ({"kind": "average", "baselines": []}, r"baselines: must be a non-empty list"),
+        (
+            {
+                "kind": "average",
+                "baselines": [{"kind": "average", "baselines": [{"kind": "zeros"}]}],
+            },
+            r"attribution\.baseline\.baselines\[0\]\.kind: baseline kind 'average' cannot be",
+        ),
+        (
+            {"kind": "average", "baselines": [{"kind": "zeros"}, {"kind": "constant"}]},
+            r"attribution\.baseline\.baselines\[1\]\.value: required for baseline kind",
+        ),
+        (
+            {"kind": "average", "baselines": [{"kind": "random_uniform", "low": 2, "high": 1}]},
+            r"attribution\.baseline\.baselines\[0\]\.high: must be >= low",
+        ),
+        ({"kind": "average", "baselines": [3]}, r"baselines\[0\]: must be a baseline mapping"),
+        ({"kind": "zeros", "baselines": [{"kind": "zeros"}]}, r"baselines: not allowed for"),
+        ({"kind": "blur"}, r"attribution\.baseline\.sigma: required for baseline kind 'blur'"),
+        ({"kind": "blur", "sigma": 0}, r"attribution\.baseline\.sigma: must be a number > 0"),
+        (
+            {"kind": "reference", "statistic": "mean"},
+            r"attribution\.baseline\.pattern: give exactly one of pattern",
+        ),
+        (
+            {"kind": "reference", "statistic": "mean", "pattern": "a", "run": "b"},
+            r"attribution\.baseline\.pattern: give exactly one of pattern",
+        ),
+        (
+            {"kind": "reference", "statistic": "average", "pattern": "a"},
+            r"attribution\.baseline\.statistic: unknown statistic 'average'; choose one of",
+        ),
+        ({"kind": "expected_gradients"}, r"attribution\.baseline\.pattern: required for"),
+        (
+            {"kind": "expected_gradients", "pattern": "a", "max_reference": 0},
+            r"attribution\.baseline\.max_reference: must be an integer >= 1",
+        ),
+        (
+            {"kind": "average", "baselines": [{"kind": "expected_gradients", "pattern": "a"}]},
+            r"baselines\[0\]\.kind: baseline kind 'expected_gradients' cannot be averaged",
+        ),
+    ],
+)
+def test_baseline_settings_errors_name_the_dotted_key(baseline, match):
+    with pytest.raises(SettingsError, match=match) as err:
+        parse(AttributionConfig, {"baseline": baseline}, "attribution")
+    assert "\n" not in str(err.value)
+
+
+def test_new_settings_round_trip_through_to_dict():
+    config = parse(
+        AttributionConfig,
+        {
+            "baseline": {"kind": "average", "baselines": [dict(to_dict(b)) for b in AVERAGED]},
+            "smoothgrad": {"samples": 4, "feature_sigma": {"x": 0.2}, "seed": 9},
+        },
+    )
+    assert parse(AttributionConfig, to_dict(config)) == config
+    assert config.baseline.num_samples == 6 and config.baseline.uses_keys
+    assert config.noise_samples == 4
+    for spec in (
+        {"kind": "blur", "sigma": 2.5},
+        {"kind": "reference", "statistic": "median", "run": "r"},
+    ):
+        b = parse(Baseline, spec)
+        assert parse(Baseline, to_dict(b)) == b
+
+
+# --------------------------------------------------------------------------------------- blur
+
+
+def _blur_numpy(image: np.ndarray, sigma: float) -> np.ndarray:
+    """An independent reference: np.pad(mode='symmetric') and np.convolve, axis by axis."""
+    taps = gaussian_kernel(sigma)
+    radius = len(taps) // 2
+    out = np.asarray(image, np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="symmetric")
+        out = np.apply_along_axis(lambda v: np.convolve(v, taps, mode="valid"), axis, padded)
+    return out
+
+
+@pytest.mark.parametrize(("size", "sigma"), [(9, 1.0), (5, 0.6), (6, 3.0), (1, 2.0), (3, 7.5)])
+def test_blur_matrix_is_a_reflect_padded_gaussian_convolution(size, sigma):
+    taps = gaussian_kernel(sigma)
+    assert len(taps) == 2 * int(4 * sigma + 0.5) + 1
+    np.testing.assert_allclose(taps.sum(), 1.0)
+    np.testing.assert_allclose(taps, taps[::-1])
+    v = RNG.normal(size=(size, 1))
+    np.testing.assert_allclose(blur_matrix(size, sigma) @ v[:, 0], _blur_numpy(v, sigma)[:, 0])
+    np.testing.assert_allclose(blur_matrix(size, sigma).sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 3), (7, 4)])
+def test_blur_baseline_linear_model_closed_form(shape):
+    sigma = 1.5
+    if len(shape) == 3:
+        model = image_linear_model(*shape)
+    else:
+        inp = keras.Input(shape, name="img")
+        model = keras.Model(inp, keras.layers.Dense(1, name="y")(keras.layers.Flatten()(inp)))
+    ig = IntegratedGradients(
+        ModelAdapter.from_keras(model),
+        steps=3,
+        target=Target("scalar"),
+        baseline=Baseline("blur", sigma=sigma),
+    )
+    x = RNG.uniform(size=(4, *shape)).astype(np.float32)
+    x[0] = 0.7  # a constant image is its own blur: zero attributions
+    result = ig.attribute(x)
+    blurred = np.stack([_blur_numpy(image, sigma) for image in x])
+    np.testing.assert_allclose(result.baselines["img"][:, 0], blurred, atol=1e-5)
+    w = model.get_layer("y").get_weights()[0][:, 0].reshape(shape)
+    np.testing.assert_allclose(result.attributions, w * (x - blurred), atol=1e-5)
+    np.testing.assert_allclose(result.attributions[0], 0.0, atol=1e-5)
+    np.testing.assert_allclose(result.deltas, 0.0, atol=1e-4)
+
+
+def test_blur_refuses_features_that_are_not_two_dimensional():
+    with pytest.raises(
+        ValueError, match=r"kind 'blur' blurs the two spatial axes.*'x' has shape \(6,\)"
+    ):
+        _linear(RNG.normal(size=6), baseline=Baseline("blur", sigma=1.0))
+
+
+# --------------------------------------------------------------------------------- smoothgrad
+
+
+def _noise(spec: SmoothGrad, ig: IntegratedGradients, keys: list[str]) -> dict[str, np.ndarray]:
+    layout = ig.layout()
+    packed = smoothgrad_noise(spec, ig.attributed_specs, layout, tf.constant(keys))
+    n = len(keys)
+    flat = layout.unpack({k: v.numpy().reshape(n * spec.samples, -1) for k, v in packed.items()})
+    return {k: v.reshape(n, spec.samples, *v.shape[1:]) for k, v in flat.items()}
+
+
+def test_smoothgrad_linear_model_closed_form():
+    w = RNG.normal(size=6)
+    x = RNG.normal(size=(9, 6)).astype(np.float32)
+    keys = [f"s{i}" for i in range(9)]
+    spec = SmoothGrad(samples=5, sigma=0.3, seed=2)
+    ig = _linear(
+        w, baseline=Baseline("constant", value=0.5), settings=AttributionConfig(smoothgrad=spec)
+    )
+    result = ig.attribute(x, keys=keys)
+    noise = _noise(spec, ig, keys)["x"]  # [n, N, 6]
+    assert noise.shape == (9, 5, 6)
+    noisy_mean = x + noise.mean(axis=1)
+    np.testing.assert_allclose(result.attributions, w * (noisy_mean - 0.5), atol=1e-5)
+    assert np.abs(result.attributions - w * (x - 0.5)).max() > 1e-3  # the noise is there
+    np.testing.assert_allclose(result.predictions, x @ w + 0.25, atol=1e-5)  # clean F(x)
+    np.testing.assert_allclose(result.baseline_predictions, 0.5 * w.sum() + 0.25, atol=1e-5)
+    # delta is relative to the mean noisy prediction: zero for a linear model
+    np.testing.assert_allclose(result.deltas, 0.0, atol=1e-5)
+
+
+def test_smoothgrad_noise_is_normal_with_sigma_and_feature_sigma_leaves_others_clean():
+    inp_a, inp_b = keras.Input((40,), name="a"), keras.Input((3,), name="b")
+    out = keras.layers.Dense(1)(keras.layers.Concatenate()([inp_a, inp_b]))
+    adapter = ModelAdapter.from_keras(keras.Model({"a": inp_a, "b": inp_b}, out))
+    spec = SmoothGrad(samples=50, feature_sigma={"a": 2.0}, seed=1)
+    ig = IntegratedGradients(
+        adapter, steps=2, target=Target("scalar"), settings=AttributionConfig(smoothgrad=spec)
+    )
+    keys = [f"n{i}" for i in range(20)]
+    noise = _noise(spec, ig, keys)
+    assert noise["a"].shape == (20, 50, 40) and noise["b"].shape == (20, 50, 3)
+    assert (noise["b"] == 0).all()
+    assert abs(noise["a"].std() - 2.0) < 0.05 and abs(noise["a"].mean()) < 0.05
+    assert len(np.unique(noise["a"][:, 0, 0])) == 20  # per key, not repeated
+    x = {
+        "a": RNG.normal(size=(20, 40)).astype(np.float32),
+        "b": RNG.normal(size=(20, 3)).astype(np.float32),
+    }
+    result = ig.attribute(x, keys=keys)
+    w = adapter.keras_model.layers[-1].get_weights()[0][:, 0]
+    np.testing.assert_allclose(result.attributions["b"], w[40:] * x["b"], atol=1e-5)
+    np.testing.assert_allclose(
+        result.attributions["a"], w[:40] * (x["a"] + noise["a"].mean(axis=1)), atol=1e-4
+    )
+
+
+def test_smoothgrad_is_reproducible_per_key_across_batches():
+    adapter = ModelAdapter.from_keras(classifier())
+    x = RNG.normal(size=(12, 6)).astype(np.float32)
+    keys = [f"r{i}" for i in range(12)]
+    settings = AttributionConfig(smoothgrad=SmoothGrad(samples=3, sigma=0.5, seed=7))
+    whole = IntegratedGradients(adapter, steps=16, settings=settings).attribute(x, keys=keys)
+    small = IntegratedGradients(adapter, steps=16, settings=settings, max_rows_per_call=16 * 3 * 2)
+    order = [5, 11, 0, 3, 8, 1, 2, 4, 6, 7, 9, 10]
+    parts = [
+        small.attribute(x[order[i : i + 5]], keys=[keys[j] for j in order[i : i + 5]])
+        for i in range(0, 12, 5)
+    ]
+    moved = np.concatenate([p.attributions for p in parts])
+    np.testing.assert_allclose(moved, whole.attributions[order], rtol=1e-5, atol=1e-7)
+    other = IntegratedGradients(
+        adapter,
+        steps=16,
+        settings=AttributionConfig(smoothgrad=SmoothGrad(samples=3, sigma=0.5, seed=8)),
+    ).attribute(x, keys=keys)
+    assert np.abs(other.attributions - whole.attributions).max() > 1e-4
+    # the clean class is explained; completeness holds on the noisy average
+    np.testing.assert_array_equal(whole.targets, classifier()(x).numpy().argmax(axis=1))
+    assert np.abs(whole.deltas).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("smoothgrad", "match"),
+    [
+        ({"samples": 0}, r"attribution\.smoothgrad\.samples: must be an integer >= 1"),
+        ({"samples": 51}, r"attribution\.smoothgrad\.samples: must be an integer in \[1, 50\]"),
+        ({"sigma": 0}, r"attribution\.smoothgrad\.sigma: must be a number > 0"),
+        ({"sigma": 1.0, "feature_sigma": {"x": 1.0}}, r"smoothgrad\.feature_sigma: give sigma or"),
+        (
+            {"feature_sigma": {"x": -1.0}},
+            r"attribution\.smoothgrad\.feature_sigma\.x: must be >= 0",
+        ),
+        ({"feature_sigma": 0.3}, r"attribution\.smoothgrad\.feature_sigma: must be a \{feature"),
+        ({"noise": 1}, r"attribution\.smoothgrad\.noise: unknown key"),
+    ],
+)
+def test_smoothgrad_settings_errors_name_the_dotted_key(smoothgrad, match):
+    with pytest.raises(SettingsError, match=match):
+        parse(AttributionConfig, {"smoothgrad": smoothgrad}, "attribution")
+
+
+def test_smoothgrad_feature_sigma_must_name_attributed_features():
+    settings = AttributionConfig(smoothgrad=SmoothGrad(feature_sigma={"y": 1.0}))
+    with pytest.raises(SettingsError, match=r"smoothgrad\.feature_sigma\.y: not an attributed"):
+        _linear(RNG.normal(size=3), settings=settings)
+
+
+def test_smoothgrad_defaults_follow_vertex():
+    spec = parse(SmoothGrad, {})
+    assert spec.samples == 3 and spec.sigma_of("anything") == 0.1
+
+
+# ------------------------------------------------------------------------------------- export
+
+
+def test_export_serves_blur_average_and_smoothgrad_like_the_engine(tmp_path):
+    model = image_linear_model(5, 4, 2)
+    adapter = ModelAdapter.from_keras(model)
+    baseline = Baseline(
+        "average",
+        baselines=(
+            Baseline("blur", sigma=1.0),
+            Baseline("random_uniform", low=0.0, high=1.0, seed=3, samples=2),
+        ),
+    )
+    settings = AttributionConfig(smoothgrad=SmoothGrad(samples=2, sigma=0.1, seed=5))
+    ig = IntegratedGradients(
+        adapter, steps=4, target=Target("scalar"), baseline=baseline, settings=settings
+    )
+    fn = tf.saved_model.load(export_integrated_gradients(ig, str(tmp_path / "e"))).signatures[IG]
+    x = RNG.uniform(size=(6, 5, 4, 2)).astype(np.float32)
+    keys = [f"x{i}" for i in range(6)]
+    out = fn(img=tf.constant(x), keys=tf.constant(keys))
+    engine = ig.attribute(x, keys=keys)
+    assert out["baseline/img"].shape == (6, 3, 5, 4, 2)
+    np.testing.assert_allclose(out["baseline/img"].numpy(), engine.baselines["img"], atol=1e-6)
+    np.testing.assert_allclose(out["attributions/img"].numpy(), engine.attributions, atol=1e-6)
+    np.testing.assert_allclose(out["delta"].numpy(), engine.deltas, atol=1e-6)
+    np.testing.assert_allclose(out["prediction"].numpy(), engine.predictions, atol=1e-6)
