@@ -7,19 +7,34 @@ errors, the export, and the pipeline's resolution of data-derived baselines.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import classifier, linear_model
+from helpers import (
+    classifier,
+    linear_model,
+    read_attributions,
+    workspace_config,
+    write_demo_workspace,
+)
 
-from attribution import Baseline, IntegratedGradients, ModelAdapter, Target
+import pipeline.reference as reference_module
+from attribution import Baseline, IntegratedGradients, ModelAdapter, Target, load_model
 from attribution.blur import blur_matrix, gaussian_kernel
 from attribution.errors import SettingsError
 from attribution.fields import parse, to_dict
 from attribution.savedmodel import export_integrated_gradients
 from attribution.settings import AttributionConfig, SmoothGrad
 from attribution.smoothgrad import smoothgrad_noise
+from pipeline import demo
+from pipeline.config import parse_config
+from pipeline.examples import write_tfrecord_shards
+from pipeline.job import JobError, plan_job, run_job
+from pipeline.reference import ReferenceDataError, load_references, reference_statistics
+from transforms.decode import load_schema
 
 RNG = np.random.default_rng(3)
 IG = "integrated_gradients"
@@ -363,3 +378,221 @@ def test_export_serves_blur_average_and_smoothgrad_like_the_engine(tmp_path):
     np.testing.assert_allclose(out["attributions/img"].numpy(), engine.attributions, atol=1e-6)
     np.testing.assert_allclose(out["delta"].numpy(), engine.deltas, atol=1e-6)
     np.testing.assert_allclose(out["prediction"].numpy(), engine.predictions, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- expected gradients
+
+
+def test_expected_gradients_linear_closed_form_and_draws_follow_keys():
+    w = RNG.normal(size=4)
+    references = {"x": RNG.normal(size=(23, 4)).astype(np.float32)}
+    spec = Baseline(
+        "expected_gradients", pattern="unused", samples=6, seed=3, references=references
+    )
+    ig = _linear(w, baseline=spec)
+    x = RNG.normal(size=(10, 4)).astype(np.float32)
+    keys = [f"g{i}" for i in range(10)]
+    result = ig.attribute(x, keys=keys)
+    used = result.baselines["x"]  # [10, 6, 4], each a reference record
+    assert used.shape == (10, 6, 4)
+    rows = {tuple(r) for r in references["x"].tolist()}
+    assert all(tuple(b) in rows for b in used.reshape(-1, 4).tolist())
+    assert len({tuple(b) for b in used.reshape(-1, 4).tolist()}) > 10  # not one shared draw
+    np.testing.assert_allclose(result.attributions, w * (x - used.mean(axis=1)), atol=1e-5)
+    np.testing.assert_allclose(result.deltas, 0.0, atol=1e-5)
+    # per key: another batch composition and order draws the same references
+    order = [7, 2, 9]
+    moved = _linear(w, baseline=spec, max_rows_per_call=5 * 6).attribute(
+        x[order], keys=[keys[i] for i in order]
+    )
+    np.testing.assert_array_equal(moved.baselines["x"], used[order])
+    np.testing.assert_allclose(moved.attributions, result.attributions[order], atol=1e-6)
+    reseeded = _linear(w, baseline=dataclasses.replace(spec, seed=4)).attribute(x, keys=keys)
+    assert not np.array_equal(reseeded.baselines["x"], used)
+
+
+def test_expected_gradients_needs_loaded_references_and_matching_shapes():
+    w = RNG.normal(size=4)
+    with pytest.raises(ValueError, match="no reference records loaded"):
+        _linear(w, baseline=Baseline("expected_gradients", pattern="p"))
+    bad = {"x": np.zeros((5, 3), np.float32)}
+    with pytest.raises(ValueError, match=r"reference records of 'x' have shape \(3,\)"):
+        _linear(w, baseline=Baseline("expected_gradients", pattern="p", references=bad))
+    with pytest.raises(ValueError, match="kind 'reference' has no resolved values"):
+        _linear(w, baseline=Baseline("reference", statistic="mean", pattern="p"))
+
+
+def test_export_serves_expected_gradients_with_keys(tmp_path):
+    w = RNG.normal(size=4)
+    references = {"x": RNG.normal(size=(9, 4)).astype(np.float32)}
+    spec = Baseline("expected_gradients", pattern="p", samples=3, seed=1, references=references)
+    ig = _linear(w, baseline=spec)
+    fn = tf.saved_model.load(export_integrated_gradients(ig, str(tmp_path / "eg"))).signatures[IG]
+    x = RNG.normal(size=(5, 4)).astype(np.float32)
+    keys = [f"q{i}" for i in range(5)]
+    out = fn(x=tf.constant(x), keys=tf.constant(keys))
+    engine = ig.attribute(x, keys=keys)
+    np.testing.assert_array_equal(out["baseline/x"].numpy(), engine.baselines["x"])
+    np.testing.assert_allclose(out["attributions/x"].numpy(), engine.attributions, atol=1e-6)
+
+
+# ------------------------------------------------------------ data-derived baselines: the job
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, demo_model):
+    """The demo model, 40 job examples (2 shards) and 101 reference examples (3 shards)."""
+    root = tmp_path_factory.mktemp("baselines")
+    data = write_demo_workspace(root, demo_model, 40, seed=1, shards=2)
+    reference = demo.make_data(101, seed=5)
+    demo.write_tfrecords(str(root / "ref"), reference, shards=3)
+    return root, data, reference
+
+
+def _schema(root):
+    return load_schema(str(root / "data" / "schema.pbtxt"))
+
+
+@pytest.mark.parametrize("statistic", ["mean", "median", "min", "max"])
+def test_reference_statistics_equal_numpy_on_the_reference_data(workspace, statistic):
+    root, _, reference = workspace
+    values, details = reference_statistics(
+        str(root / "ref" / "*.tfrecord.gz"), demo.FEATURES, _schema(root), statistic
+    )
+    expected = getattr(np, statistic)(reference["x"].astype(np.float64), axis=0)
+    np.testing.assert_allclose([values[f] for f in demo.FEATURES], expected, rtol=1e-12)
+    if statistic == "median":  # 101 values: the middle one, exactly
+        assert [values[f] for f in demo.FEATURES] == list(expected)
+    assert details["records_read"] == 101 and details["records_skipped"] == 0
+    assert details["exact"] is True
+
+
+def test_reference_mode_and_sketched_median(workspace, monkeypatch):
+    root, _, reference = workspace
+    pattern = str(root / "ref" / "*.tfrecord.gz")
+    values, _ = reference_statistics(pattern, ["label"], _schema(root), "mode")
+    labels, counts = np.unique(reference["label"], return_counts=True)
+    assert values == {"label": float(labels[counts.argmax()])}
+    monkeypatch.setattr(reference_module, "EXACT_MEDIAN_VALUES", 50)
+    values, details = reference_statistics(pattern, ["f0"], _schema(root), "median")
+    assert details["exact"] is False
+    rank = (reference["x"][:, 0] <= values["f0"]).mean()
+    assert abs(rank - 0.5) < 0.02
+    monkeypatch.setattr(reference_module, "MODE_MAX_DISTINCT", 10)
+    with pytest.raises(ReferenceDataError, match=r"attribution\.baseline\.statistic: mode needs"):
+        reference_statistics(pattern, ["f0"], _schema(root), "mode")
+    with pytest.raises(ReferenceDataError, match=r"attribution\.baseline\.pattern: .*no|match"):
+        reference_statistics(str(root / "nothing-*.gz"), ["f0"], _schema(root), "mean")
+
+
+def _run(root, out, baseline, *beam_args, **settings):
+    config = parse_config(
+        workspace_config(root, out, attribution={"steps": 8, "baseline": baseline}, **settings)
+    )
+    return config, run_job(config, list(beam_args))
+
+
+def test_reference_baseline_job_records_its_values_and_matches_the_engine(workspace, tmp_path):
+    root, data, reference = workspace
+    baseline = {"kind": "reference", "statistic": "median", "pattern": str(root / "ref" / "*.gz")}
+    _, summary = _run(root, tmp_path / "run", baseline)
+    medians = np.median(reference["x"].astype(np.float64), axis=0)
+    recorded = summary["config"]["attribution"]["baseline"]
+    assert recorded["kind"] == "reference"
+    assert [recorded["values"][f] for f in demo.FEATURES] == list(medians)
+    assert summary["fingerprint"]["attribution"]["baseline"]["values"] == recorded["values"]
+    assert summary["baseline_reference"]["records_read"] == 101
+    frame = read_attributions(tmp_path / "run").set_index("key")
+    values = {f: float(m) for f, m in zip(demo.FEATURES, medians, strict=True)}
+    ig = IntegratedGradients(
+        load_model(str(root / "model.keras")),
+        steps=8,
+        baseline=Baseline("per_feature", values=values),
+    )
+    inputs = {f: data["x"][:, j : j + 1] for j, f in enumerate(demo.FEATURES)}
+    expected = ig.attribute(inputs)
+    keys = [f"ex-{i:06d}" for i in range(40)]
+    np.testing.assert_allclose(
+        frame.loc[keys, "baseline_prediction"], expected.baseline_predictions, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        frame.loc[keys, "attr_f0"], expected.attributions["f0"][:, 0], atol=1e-5
+    )
+    # the summary's config reruns with the recorded values, without the pass
+    again = parse_config(summary["config"])
+    assert again.attribution.baseline.values == recorded["values"]
+
+    # an earlier run's input statistics: the means of that run's inputs
+    _, from_run = _run(
+        root,
+        tmp_path / "run2",
+        {"kind": "reference", "statistic": "mean", "run": str(tmp_path / "run")},
+    )
+    means = [from_run["config"]["attribution"]["baseline"]["values"][f] for f in demo.FEATURES]
+    np.testing.assert_allclose(means, data["x"].astype(np.float64).mean(axis=0), rtol=1e-9)
+
+
+def test_data_baselines_refuse_layer_attribution_and_missing_data(workspace, tmp_path):
+    root, _, _ = workspace
+    bad = {"kind": "reference", "statistic": "mean", "pattern": str(root / "none-*.gz")}
+    with pytest.raises(JobError, match=r"^attribution\.baseline\.pattern: "):
+        plan_job(
+            parse_config(workspace_config(root, tmp_path / "o", attribution={"baseline": bad}))
+        )
+    run = {"kind": "reference", "statistic": "mean", "run": str(tmp_path / "no-run")}
+    with pytest.raises(JobError, match=r"^attribution\.baseline\.run: no statistics/inputs"):
+        plan_job(
+            parse_config(workspace_config(root, tmp_path / "o", attribution={"baseline": run}))
+        )
+    layer = {"kind": "expected_gradients", "pattern": str(root / "ref" / "*.gz")}
+    config = workspace_config(root, tmp_path / "o", attribution={"baseline": layer, "layer": "x"})
+    with pytest.raises(JobError, match="needs input attribution of features read from"):
+        plan_job(parse_config(config))
+
+
+def test_expected_gradients_job_is_reproducible_across_workers(workspace, tmp_path):
+    root, _, _ = workspace
+    baseline = {
+        "kind": "expected_gradients",
+        "pattern": str(root / "ref" / "*.gz"),
+        "samples": 4,
+        "seed": 2,
+        "max_reference": 60,
+    }
+    _, one = _run(root, tmp_path / "one", baseline)
+    _, two = _run(
+        root,
+        tmp_path / "two",
+        baseline,
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+        batching={"batch_size": 7, "max_rows_per_call": 64},
+    )
+    assert one["baseline_reference"]["records_kept"] == 60
+    assert one["baseline_reference"]["records_read"] == 101
+    assert one["baseline_reference"]["sha256"] == two["baseline_reference"]["sha256"]
+    a = read_attributions(tmp_path / "one").set_index("key").sort_index()
+    b = read_attributions(tmp_path / "two").set_index("key").sort_index()
+    assert len(a) == 40
+    for column in ["baseline_prediction", "delta", *[f"attr_{f}" for f in demo.FEATURES]]:
+        np.testing.assert_allclose(a[column], b[column], rtol=1e-5, atol=1e-6)
+    assert a["baseline_prediction"].nunique() > 20  # drawn per example
+    # the kept set depends on the records' contents, not on their files or order
+    ref = demo.make_data(101, seed=5)
+    columns = {f: ref["x"][:, j] for j, f in enumerate(demo.FEATURES)}
+    columns.update(
+        label=ref["label"],
+        country=ref["country"],
+        example_id=np.array([f"ex-{i:06d}" for i in range(101)]),
+    )
+    order = np.random.default_rng(0).permutation(101)
+    shuffled = {k: v[order] for k, v in columns.items()}
+    write_tfrecord_shards(str(tmp_path / "shuffled"), shuffled, shards=5, prefix="other")
+    _, details = load_references(
+        str(tmp_path / "shuffled" / "*.gz"), demo.FEATURES, _schema(root), 60, 2
+    )
+    assert details["sha256"] == one["baseline_reference"]["sha256"]
+    _, reseeded = load_references(
+        str(tmp_path / "shuffled" / "*.gz"), demo.FEATURES, _schema(root), 60, 3
+    )
+    assert reseeded["sha256"] != details["sha256"]
