@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from helpers import (
     classifier,
+    embedding_model,
     linear_model,
     read_attributions,
     workspace_config,
@@ -23,6 +24,7 @@ from helpers import (
 
 import pipeline.reference as reference_module
 from attribution import Baseline, IntegratedGradients, ModelAdapter, Target, load_model
+from attribution.adaptive import AdaptiveIntegratedGradients
 from attribution.blur import blur_matrix, gaussian_kernel
 from attribution.errors import SettingsError
 from attribution.fields import parse, to_dict
@@ -320,6 +322,45 @@ def test_smoothgrad_is_reproducible_per_key_across_batches():
     assert np.abs(whole.deltas).max() < 1e-4
 
 
+def test_smoothgrad_with_adaptive_steps_reaches_the_tolerance_on_the_noisy_average():
+    adapter = ModelAdapter.from_keras(classifier())
+    x = RNG.normal(size=(8, 6)).astype(np.float32) * 2
+    keys = [f"a{i}" for i in range(8)]
+    smooth = SmoothGrad(samples=3, sigma=0.3, seed=1)
+    auto = AdaptiveIntegratedGradients(
+        adapter,
+        settings=AttributionConfig(
+            steps="auto", tolerance=1e-4, min_steps=4, max_steps=128, smoothgrad=smooth
+        ),
+    ).attribute(x, keys=keys)
+    assert auto.within_tolerance.all() and auto.steps_used.max() > 4
+    fixed = IntegratedGradients(
+        adapter, steps=128, settings=AttributionConfig(smoothgrad=smooth)
+    ).attribute(x, keys=keys)
+    scale = np.abs(fixed.attributions).sum(axis=1, keepdims=True)
+    assert (np.abs(auto.attributions - fixed.attributions) / scale).max() < 1e-2
+    np.testing.assert_allclose(auto.predictions, fixed.predictions, rtol=1e-6)
+
+
+def test_smoothgrad_on_a_layer_adds_noise_to_its_output_and_stays_complete():
+    adapter = ModelAdapter.from_keras(embedding_model())
+    inputs = {
+        "ids": RNG.integers(0, 20, size=(6, 5)).astype(np.int32),
+        "num": RNG.normal(size=(6, 3)).astype(np.float32),
+    }
+    keys = [f"t{i}" for i in range(6)]
+    plain = IntegratedGradients(adapter, layer="emb", steps=64).attribute(inputs, keys=keys)
+    smooth = AttributionConfig(smoothgrad=SmoothGrad(samples=4, feature_sigma={"emb": 0.2}))
+    noisy = IntegratedGradients(adapter, layer="emb", steps=64, settings=smooth)
+    result = noisy.attribute(inputs, keys=keys)
+    assert np.abs(result.attributions["emb"] - plain.attributions["emb"]).max() > 1e-4
+    assert np.abs(result.deltas).max() < 1e-4
+    np.testing.assert_allclose(result.predictions, plain.predictions, rtol=1e-6)
+    np.testing.assert_array_equal(result.targets, plain.targets)
+    half = noisy.attribute({k: v[3:] for k, v in inputs.items()}, keys=keys[3:])
+    np.testing.assert_allclose(half.attributions["emb"], result.attributions["emb"][3:], atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("smoothgrad", "match"),
     [
@@ -485,10 +526,9 @@ def test_reference_mode_and_sketched_median(workspace, monkeypatch):
         reference_statistics(str(root / "nothing-*.gz"), ["f0"], _schema(root), "mean")
 
 
-def _run(root, out, baseline, *beam_args, **settings):
-    config = parse_config(
-        workspace_config(root, out, attribution={"steps": 8, "baseline": baseline}, **settings)
-    )
+def _run(root, out, baseline, *beam_args, smoothgrad=None, **settings):
+    attribution = {"steps": 8, "baseline": baseline, "smoothgrad": smoothgrad}
+    config = parse_config(workspace_config(root, out, attribution=attribution, **settings))
     return config, run_job(config, list(beam_args))
 
 
@@ -550,7 +590,7 @@ def test_data_baselines_refuse_layer_attribution_and_missing_data(workspace, tmp
         plan_job(parse_config(config))
 
 
-def test_expected_gradients_job_is_reproducible_across_workers(workspace, tmp_path):
+def test_expected_gradients_and_smoothgrad_job_is_reproducible_across_workers(workspace, tmp_path):
     root, _, _ = workspace
     baseline = {
         "kind": "expected_gradients",
@@ -559,15 +599,23 @@ def test_expected_gradients_job_is_reproducible_across_workers(workspace, tmp_pa
         "seed": 2,
         "max_reference": 60,
     }
-    _, one = _run(root, tmp_path / "one", baseline)
+    smooth = {"samples": 2, "sigma": 0.2, "seed": 4}
+    _, one = _run(root, tmp_path / "one", baseline, smoothgrad=smooth)
     _, two = _run(
         root,
         tmp_path / "two",
         baseline,
         "--direct_running_mode=multi_processing",
         "--direct_num_workers=2",
+        smoothgrad=smooth,
         batching={"batch_size": 7, "max_rows_per_call": 64},
     )
+    assert one["fingerprint"]["attribution"]["smoothgrad"] == {
+        "samples": 2,
+        "sigma": 0.2,
+        "feature_sigma": None,
+        "seed": 4,
+    }
     assert one["baseline_reference"]["records_kept"] == 60
     assert one["baseline_reference"]["records_read"] == 101
     assert one["baseline_reference"]["sha256"] == two["baseline_reference"]["sha256"]
