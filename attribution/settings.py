@@ -144,6 +144,29 @@ class _BaselineList(Check):
         return tuple(out)
 
 
+class ArrayMap(dict):
+    """{name: array} compared by shape, dtype and contents (not by numpy's element-wise ==), so
+    settings holding reference records compare and round-trip like other settings."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping) or set(self) != set(other):
+            return False
+        return all(_same_array(self[k], other[k]) for k in self)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _same_array(a: Any, b: Any) -> bool:
+    return (
+        getattr(a, "shape", None) == getattr(b, "shape", None)
+        and getattr(a, "dtype", None) == getattr(b, "dtype", None)
+        and a.tobytes() == b.tobytes()
+    )
+
+
 class _Arrays(Check):
     """(Python) {name: numpy array}: reference records loaded for expected_gradients."""
 
@@ -155,7 +178,7 @@ class _Arrays(Check):
                 raise SettingsError(f"must be an array [records, ...], got {show(v)}", key)
             if v.shape[0] < 1:
                 raise SettingsError("must hold at least one reference record", f"{key}.{name}")
-        return dict(value)
+        return ArrayMap(value)
 
 
 @dataclasses.dataclass(frozen=True)

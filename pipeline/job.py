@@ -252,6 +252,30 @@ def plan_job(config: JobConfig) -> Plan:
 DATA_BASELINE_KINDS = ("reference", "expected_gradients")
 
 
+def resolve_data_baseline(config: JobConfig) -> JobConfig:
+    """The config with a `reference`/`expected_gradients` baseline resolved (for `igbeam export`).
+
+    The schema is the job's (`input.schema`, else inferred from the input records, as `plan_job`).
+
+    Raises:
+      JobError: as `plan_job`'s baseline checks.
+    """
+    if config.attribution.baseline.kind not in DATA_BASELINE_KINDS:
+        return config
+    if config.input.schema is not None:
+        try:
+            schema = load_schema(config.input.schema)
+        except ValueError as err:
+            raise JobError(f"input.schema: {err}") from err
+    else:
+        try:
+            files = list(match_files(list(config.input.patterns)))
+            schema = infer_schema(_sample_records(files, SCHEMA_SAMPLE_RECORDS))
+        except ValueError as err:
+            raise JobError(f"input.pattern: {err}") from err
+    return _resolve_baseline(config, schema)[0]
+
+
 def _resolve_baseline(config: JobConfig, schema: Any) -> tuple[JobConfig, dict[str, Any] | None]:
     """The config with a `reference`/`expected_gradients` baseline resolved from its data.
 

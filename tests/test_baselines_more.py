@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 from helpers import (
     classifier,
     embedding_model,
@@ -27,11 +28,12 @@ from attribution import Baseline, IntegratedGradients, ModelAdapter, Target, loa
 from attribution.adaptive import AdaptiveIntegratedGradients
 from attribution.blur import blur_matrix, gaussian_kernel
 from attribution.errors import SettingsError
-from attribution.fields import parse, to_dict
+from attribution.fields import parse, to_dict, validated
 from attribution.savedmodel import export_integrated_gradients
 from attribution.settings import AttributionConfig, SmoothGrad
 from attribution.smoothgrad import smoothgrad_noise
 from pipeline import demo
+from pipeline.cli import main
 from pipeline.config import parse_config
 from pipeline.examples import write_tfrecord_shards
 from pipeline.job import JobError, plan_job, run_job
@@ -644,3 +646,37 @@ def test_expected_gradients_and_smoothgrad_job_is_reproducible_across_workers(wo
         str(tmp_path / "shuffled" / "*.gz"), demo.FEATURES, _schema(root), 60, 3
     )
     assert reseeded["sha256"] != details["sha256"]
+
+
+def test_igbeam_export_resolves_data_baselines_from_the_config(workspace, tmp_path):
+    root, _, reference = workspace
+    raw = workspace_config(
+        root,
+        tmp_path / "unused",
+        attribution={
+            "steps": 4,
+            "baseline": {"kind": "reference", "statistic": "max", "pattern": str(root / "ref")},
+        },
+    )
+    raw["attribution"]["baseline"]["pattern"] = str(root / "ref" / "*.gz")
+    config_path = tmp_path / "job.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    assert main(["export", "--config", str(config_path), "--out", str(tmp_path / "exp")]) == 0
+    fn = tf.saved_model.load(str(tmp_path / "exp")).signatures[IG]
+    inputs = {f: tf.zeros([2, 1]) for f in demo.FEATURES}
+    out = fn(**inputs)
+    maxima = reference["x"].max(axis=0)
+    for j, f in enumerate(demo.FEATURES):
+        np.testing.assert_array_equal(out[f"baseline/{f}"].numpy().ravel(), [maxima[j]] * 2)
+    raw["attribution"]["baseline"]["pattern"] = str(root / "missing-*.gz")
+    config_path.write_text(yaml.safe_dump(raw))
+    assert main(["export", "--config", str(config_path), "--out", str(tmp_path / "e2")]) == 2
+
+
+def test_reference_records_compare_by_content():
+    refs = {"x": np.arange(6, dtype=np.float32).reshape(3, 2)}
+    a = Baseline("expected_gradients", pattern="p", references=refs)
+    b = Baseline("expected_gradients", pattern="p", references={"x": refs["x"].copy()})
+    assert validated(a) == validated(b)
+    c = Baseline("expected_gradients", pattern="p", references={"x": refs["x"] + 1})
+    assert validated(a) != validated(c)
