@@ -680,3 +680,15 @@ def test_reference_records_compare_by_content():
     assert validated(a) == validated(b)
     c = Baseline("expected_gradients", pattern="p", references={"x": refs["x"] + 1})
     assert validated(a) != validated(c)
+
+
+def test_job_config_checks_feature_sigma_against_the_listed_features(workspace, tmp_path):
+    root, _, _ = workspace
+    config = workspace_config(
+        root,
+        tmp_path / "o",
+        features=["f0", "f1"],
+        attribution={"smoothgrad": {"feature_sigma": {"f9": 1.0}}},
+    )
+    with pytest.raises(SettingsError, match=r"^attribution\.smoothgrad\.feature_sigma\.f9: not an"):
+        parse_config(config)
