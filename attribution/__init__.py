@@ -20,6 +20,7 @@ from attribution.settings import (
     Baseline,
     BatchingConfig,
     ModelConfig,
+    SmoothGrad,
     Target,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "ModelConfig",
     "ModelLoadError",
     "SettingsError",
+    "SmoothGrad",
     "Target",
     "export_integrated_gradients",
     "integration_rule",

@@ -6,6 +6,13 @@ compiled function, and the SavedModel export traces the same function into its s
 
 Random draws are `stateless_uniform` (Philox, so CPU and GPU agree) seeded by (seed, feature,
 FarmHash of the example key): an example gets the same baseline whatever batch it lands in.
+Expected-gradients draws pick reference record FarmHash(key, seed, sample) mod R, likewise a
+function of the key and seed only.
+
+`average` concatenates its members' baselines along the sample axis (S = the members' total
+samples), so the engine's mean over samples is the mean over every listed baseline; each
+member's baselines are exactly those it would have alone. `blur` is `attribution.blur`.
+`reference` is `per_feature` with values resolved before the job (`pipeline.reference`).
 """
 
 from __future__ import annotations
@@ -16,10 +23,17 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from attribution.blur import blur_tf
 from attribution.packing import Packing
 from attribution.settings import Baseline
 
-__all__ = ["check_baseline", "make_baselines", "random_uniform_tf"]
+__all__ = [
+    "check_baseline",
+    "expected_gradient_baselines",
+    "make_baselines",
+    "random_uniform_tf",
+    "reference_indices",
+]
 
 
 def check_baseline(spec: Baseline, specs: Mapping[str, tf.TensorSpec]) -> None:
@@ -35,9 +49,53 @@ def check_baseline(spec: Baseline, specs: Mapping[str, tf.TensorSpec]) -> None:
         random_uniform baseline for a tensor without a fixed shape.
     """
     spec.check_features(list(specs), "baseline")
+    _check_kind(spec, specs, "baseline")
+
+
+def _check_kind(spec: Baseline, specs: Mapping[str, tf.TensorSpec], where: str) -> None:
+    if spec.kind == "average":
+        for i, member in enumerate(spec.baselines):
+            _check_kind(member, specs, f"{where}.baselines[{i}]")
+        return
+    if spec.kind == "reference" and spec.values is None:
+        raise ValueError(
+            f"{where}: kind 'reference' has no resolved values; `igbeam run` computes them from "
+            "pattern/run first (pipeline.reference.resolve_baseline does it from Python)"
+        )
+    if spec.kind == "expected_gradients":
+        if spec.references is None:
+            raise ValueError(
+                f"{where}: kind 'expected_gradients' has no reference records loaded; `igbeam "
+                "run` loads them from pattern first (pipeline.reference.resolve_baseline)"
+            )
+        counts = set()
+        for name, fspec in specs.items():
+            if name not in spec.references:
+                raise ValueError(f"{where}: the reference records lack {name!r}")
+            ref = np.asarray(spec.references[name])
+            size = (
+                int(np.prod(fspec.shape[1:].as_list()))
+                if fspec.shape[1:].is_fully_defined()
+                else -1
+            )
+            if ref.ndim < 1 or int(np.prod(ref.shape[1:])) != size:
+                raise ValueError(
+                    f"{where}: reference records of {name!r} have shape {ref.shape[1:]}, not "
+                    f"{tuple(fspec.shape[1:].as_list())}"
+                )
+            counts.add(ref.shape[0])
+        if len(counts) != 1:
+            raise ValueError(f"{where}: the features have different numbers of reference records")
     for name, fspec in specs.items():
         shape = fspec.shape[1:]
-        if spec.kind == "per_feature":
+        if spec.kind == "blur" and (shape.rank is None or shape.rank < 2):
+            raise ValueError(
+                f"{where}: kind 'blur' blurs the two spatial axes of [H, W] or [H, W, C] "
+                f"features; {name!r} has shape {tuple(shape.as_list()) if shape.rank else shape}"
+            )
+        if spec.kind == "blur" and not shape.is_fully_defined():
+            raise ValueError(f"{where}: kind 'blur' needs a fixed shape for {name!r}")
+        if spec.kind in ("per_feature", "reference"):
             const = np.asarray(spec.values[name])
             try:
                 np.broadcast_to(const, shape.as_list())
@@ -111,7 +169,16 @@ def make_baselines(
             k: tf.fill(tf.shape(v), tf.constant(spec.value, v.dtype))[:, tf.newaxis]
             for k, v in x.items()
         }
-    if spec.kind == "per_feature":
+    if spec.kind == "average":
+        parts = [make_baselines(m, specs, layout, x, keys, provided) for m in spec.baselines]
+        return {k: tf.concat([p[k] for p in parts], axis=1) for k in x}
+    if spec.kind == "blur":
+        features = layout.unpack(x)
+        blurred = {name: blur_tf(features[name], spec.sigma) for name in specs}
+        return {k: v[:, tf.newaxis] for k, v in layout.pack(blurred).items()}
+    if spec.kind == "expected_gradients":
+        return expected_gradient_baselines(spec, specs, layout, keys)
+    if spec.kind in ("per_feature", "reference"):
         rows = {
             name: np.broadcast_to(
                 np.asarray(spec.values[name], fspec.dtype.as_numpy_dtype), (1, *fspec.shape[1:])
@@ -143,3 +210,34 @@ def make_baselines(
     return {
         k: tf.reshape(v, [n, spec.samples, layout.width(k)]) for k, v in layout.pack(draws).items()
     }
+
+
+EXPECTED_GRADIENTS_SALT = "\x1fexpected_gradients"
+
+
+def reference_indices(keys: tf.Tensor, seed: int, samples: int, count: int) -> tf.Tensor:
+    """int64 [n, samples]: reference record j of each example, FarmHash(key, seed, j) mod count.
+
+    A function of the key and seed only (no batch, worker or run dependence); graph code.
+    """
+    columns = [
+        tf.strings.to_hash_bucket_fast(
+            tf.strings.join([keys, tf.constant(f"{EXPECTED_GRADIENTS_SALT}:{int(seed)}:{j}")]),
+            count,
+        )
+        for j in range(samples)
+    ]
+    return tf.stack(columns, axis=1)
+
+
+def expected_gradient_baselines(
+    spec: Baseline, specs: Mapping[str, tf.TensorSpec], layout: Packing, keys: tf.Tensor
+) -> dict[str, tf.Tensor]:
+    """[n, samples, D] baselines drawn from the loaded reference records (graph code)."""
+    count = int(next(iter(spec.references.values())).shape[0])
+    rows = {
+        name: np.asarray(spec.references[name], fspec.dtype.as_numpy_dtype).reshape(count, -1)
+        for name, fspec in specs.items()
+    }
+    index = reference_indices(keys, spec.seed, spec.samples, count)
+    return {k: tf.gather(tf.constant(v), index) for k, v in layout.pack(rows).items()}

@@ -34,6 +34,7 @@ from attribution.integration import integration_rule
 from attribution.models import ModelAdapter
 from attribution.packing import Packing
 from attribution.settings import FEATURES, AttributionConfig, Baseline, BatchingConfig, Target
+from attribution.smoothgrad import smoothgrad_noise
 from attribution.targets import (
     check_classes,
     reported_targets,
@@ -221,7 +222,13 @@ class IntegratedGradients:
         if self.target.kind == "label" and self.target.feature in self.attributed_specs:
             raise ValueError(f"the label feature {self.target.feature!r} cannot be attributed")
         check_baseline(self.baseline, self.attributed_specs)
-        rows_per_example = None if self.baseline.kind == "array" else self.baseline.num_samples
+        if self.settings.smoothgrad is not None:
+            self.settings.smoothgrad.check_features(self.attributed_specs, "smoothgrad")
+        rows_per_example = (
+            None
+            if self.baseline.kind == "array"
+            else self.baseline.num_samples * self.settings.noise_samples
+        )
         # Rows per gradient call: given, or the memory budget over the model's bytes per row.
         self.batch_plan = plan_batches(
             steps=self.steps,
@@ -275,6 +282,11 @@ class IntegratedGradients:
     @property
     def target(self) -> Target:
         return self.settings.target
+
+    @property
+    def uses_keys(self) -> bool:
+        """Whether results depend on each example's key (random baselines or SmoothGrad)."""
+        return self.baseline.uses_keys or self.settings.smoothgrad is not None
 
     # -------------------------------------------------------------------------- construction
 
@@ -404,6 +416,8 @@ class IntegratedGradients:
         layout = self.layout()
         n = tf.shape(requested)[0]
         base = make_baselines(self.baseline, self.attributed_specs, layout, x, keys, provided)
+        if self.settings.smoothgrad is not None:
+            return self._smoothgrad_packed(rest, x, keys, requested, base)
         samples = tf.shape(next(iter(base.values())))[1]
         repeat = self.baseline.kind == "array" or self.baseline.num_samples > 1
 
@@ -435,6 +449,64 @@ class IntegratedGradients:
             target=reported_targets(self.target, chosen),
             chosen=chosen,
             classes=tf.reshape(sums["classes"], [n, samples])[:, 0],
+        )
+        return out
+
+    def _smoothgrad_packed(
+        self,
+        rest: TensorDict,
+        x: TensorDict,
+        keys: tf.Tensor,
+        requested: tf.Tensor,
+        base: TensorDict,
+    ) -> dict[str, Any]:
+        """`attribute_packed` with SmoothGrad (`attribution.smoothgrad`): N noisy copies of x.
+
+        Rows are example-major, then noise sample, then baseline sample: [n * N * S, D]. The
+        class is chosen on the clean F(x) and explained in every noisy copy; the reported
+        prediction is the clean F_t(x); delta is sum attr - (mean_j F_t(x_j) - mean F_t(x')).
+        """
+        layout = self.layout()
+        n = tf.shape(requested)[0]
+        noise = smoothgrad_noise(self.settings.smoothgrad, self.attributed_specs, layout, keys)
+        noisy = self.settings.noise_samples
+        samples = tf.shape(next(iter(base.values())))[1]
+        per_example = noisy * samples
+        clean = self.selected_output(rest, layout.unpack(x))
+        chosen, safe = select_classes(clean, requested)
+        prediction = tf.cast(tf.gather(clean, safe, axis=1, batch_dims=1), tf.float64)
+
+        def grid(t: tf.Tensor, key: str) -> tf.Tensor:  # [n, N, S, D] -> [n * N * S, D]
+            return tf.reshape(
+                tf.broadcast_to(t, [n, noisy, samples, layout.width(key)]),
+                [-1, layout.width(key)],
+            )
+
+        r_x = {
+            k: grid(v[:, tf.newaxis, tf.newaxis] + noise[k][:, :, tf.newaxis], k)
+            for k, v in x.items()
+        }
+        flat_base = {k: grid(v[:, tf.newaxis], k) for k, v in base.items()}
+        r_rest = {k: tf.repeat(v, per_example, axis=0) for k, v in rest.items()}
+        sums = self._path_sums(r_rest, r_x, flat_base, tf.repeat(safe, per_example, axis=0))
+        out = {}
+        total = tf.zeros([n], tf.float64)
+        for key in layout.groups:
+            width = layout.width(key)
+            diff = tf.cast(r_x[key], tf.float64) - tf.cast(flat_base[key], tf.float64)
+            per_row = tf.reshape(diff * sums["grads/" + key], [n, per_example, width])
+            out[ATTRIBUTIONS + key] = tf.reduce_mean(per_row, axis=1)
+            out[BASELINES + key] = base[key]
+            total += tf.reduce_sum(out[ATTRIBUTIONS + key], axis=1)
+        noisy_prediction = tf.reduce_mean(tf.reshape(sums["fx"], [n, per_example]), axis=1)
+        baseline_prediction = tf.reduce_mean(tf.reshape(sums["fb"], [n, per_example]), axis=1)
+        out.update(
+            prediction=prediction,
+            baseline_prediction=baseline_prediction,
+            delta=total - (noisy_prediction - baseline_prediction),
+            target=reported_targets(self.target, chosen),
+            chosen=chosen,
+            classes=tf.fill([n], tf.shape(clean)[1]),
         )
         return out
 

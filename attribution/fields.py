@@ -583,8 +583,8 @@ def _parse(cls: type[T], data: Mapping[str, Any], prefix: str, api: bool) -> T:
 def to_dict(instance: Any) -> dict[str, Any]:
     """The config mapping of a settings instance (JSON-able: lists, dicts, str, numbers, None).
 
-    A kinded section holds `kind` and the fields of that kind only. `parse(type(x), to_dict(x))
-    == x`.
+    A kinded section holds `kind` and the fields of that kind only; an optional section (default
+    None) is written only when set. `parse(type(x), to_dict(x)) == x`.
     """
     cls = type(instance)
     kind = getattr(instance, "kind", None) if _kind_check(cls) else None
@@ -596,7 +596,10 @@ def to_dict(instance: Any) -> dict[str, Any]:
         when = _spec(f).when
         if when is not None and getattr(instance, when[0]) != when[1]:
             continue
-        out[f.name] = _plain(getattr(instance, f.name))
+        value = getattr(instance, f.name)
+        if value is None and _spec(f).check.section is not None and _default(f) is None:
+            continue  # an optional section left out (e.g. smoothgrad): older configs read the same
+        out[f.name] = _plain(value)
     return out
 
 

@@ -15,7 +15,8 @@ Both signatures take the same inputs:
   <model input names>    the model's named inputs (batch dimension None), without `preprocess`;
   examples               tf.string [None], serialized examples, with `preprocess` (instead);
   keys                   tf.string [None], example keys, only for baselines drawn per key
-                         (`Baseline.uses_keys`: kind 'random_uniform')
+                         (`Baseline.uses_keys`: random_uniform, expected_gradients, an average
+                         with one of them) or SmoothGrad noise (`engine.uses_keys`)
                          (its draws are a function of key and seed, exactly as in the engine), and
                          not when `key_feature` names a preprocess output holding the keys;
   <label feature>        int64 [None], only for target kind 'label' without `preprocess` when the
@@ -180,7 +181,7 @@ class _SignatureBuilder:
         self.preprocess = preprocess
         self.baseline = engine.baseline
         self.target = engine.target
-        self.random = self.baseline.uses_keys
+        self.random = engine.uses_keys
         if not isinstance(output_name, str) or not output_name or "/" in output_name:
             raise ValueError(
                 f"output_name must be a non-empty name without '/', got {output_name!r}"

@@ -27,6 +27,7 @@ from attribution.fields import (
     OPTIONAL_FOR_KIND,
     REQUIRED_FOR_KIND,
     Boolean,
+    Check,
     Choice,
     Function,
     Integer,
@@ -40,7 +41,10 @@ from attribution.fields import (
     SizeOrWord,
     Text,
     default_of,
+    parse,
     setting,
+    show,
+    validated,
 )
 
 __all__ = [
@@ -50,11 +54,13 @@ __all__ = [
     "FEATURES",
     "KEYED_BASELINE_KINDS",
     "METHODS",
+    "REFERENCE_STATISTICS",
     "TARGET_KINDS",
     "AttributionConfig",
     "Baseline",
     "BatchingConfig",
     "ModelConfig",
+    "SmoothGrad",
     "Target",
 ]
 
@@ -75,10 +81,20 @@ AUTO_SIZE = "auto"
 ADAPTIVE_METHODS = ("gausslegendre",)
 """The rules `steps: auto` refines (the rule whose error falls fastest with the steps)."""
 
-BASELINE_KINDS = ("zeros", "constant", "per_feature", "array", "random_uniform")
+BASELINE_KINDS = (
+    "zeros",
+    "constant",
+    "per_feature",
+    "array",
+    "random_uniform",
+    "blur",
+    "average",
+    "reference",
+    "expected_gradients",
+)
 """Baseline kinds; `array` (per-example arrays passed to `attribute`) is Python-only."""
 
-KEYED_BASELINE_KINDS = ("random_uniform",)
+KEYED_BASELINE_KINDS = ("random_uniform", "expected_gradients")
 """Baseline kinds whose values depend on each example's key (a SavedModel export of them takes
 a `keys` input)."""
 
@@ -88,8 +104,81 @@ TARGET_KINDS = ("predicted", "index", "label", "scalar", "callable")
 FEATURES = Names(nullable=True, allow_empty=False, hint=" (use null for every model input)")
 """The check of an attributed-features list (None means every model input)."""
 
+REFERENCE_STATISTICS = ("median", "mean", "min", "max", "mode")
+"""Per-feature statistics a `reference` baseline takes from reference data."""
+
+SMOOTHGRAD_MAX_SAMPLES = 50
+"""Vertex AI's valid range of `SmoothGradConfig.noisySampleCount` is [1, 50]."""
+
 Bound = float | Mapping[str, float]
 """A random_uniform `low`/`high`: one number for every feature, or a {feature: number} map."""
+
+
+class _BaselineList(Check):
+    """A non-empty list of baseline mappings (`Baseline` instances from Python): the members of
+    an `average` baseline; any kind but average, array, reference and expected_gradients."""
+
+    excluded = ("average", "array", "reference", "expected_gradients")
+
+    def __call__(self, value: Any, key: str, api: bool) -> tuple[Baseline, ...]:
+        if not isinstance(value, list | tuple) or not value:
+            raise SettingsError(
+                f"must be a non-empty list of baseline mappings, got {show(value)}", key
+            )
+        out = []
+        for i, item in enumerate(value):
+            where = f"{key}[{i}]"
+            if api and isinstance(item, Baseline):
+                member = validated(item, where)
+            elif isinstance(item, Mapping):
+                member = parse(Baseline, item, where)
+            else:
+                raise SettingsError(f"must be a baseline mapping, got {show(item)}", where)
+            if member.kind in self.excluded:
+                raise SettingsError(
+                    f"baseline kind {member.kind!r} cannot be averaged; use one of "
+                    + ", ".join(k for k in BASELINE_KINDS if k not in self.excluded),
+                    f"{where}.kind",
+                )
+            out.append(member)
+        return tuple(out)
+
+
+class ArrayMap(dict):
+    """{name: array} compared by shape, dtype and contents (not by numpy's element-wise ==), so
+    settings holding reference records compare and round-trip like other settings."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping) or set(self) != set(other):
+            return False
+        return all(_same_array(self[k], other[k]) for k in self)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _same_array(a: Any, b: Any) -> bool:
+    return (
+        getattr(a, "shape", None) == getattr(b, "shape", None)
+        and getattr(a, "dtype", None) == getattr(b, "dtype", None)
+        and a.tobytes() == b.tobytes()
+    )
+
+
+class _Arrays(Check):
+    """(Python) {name: numpy array}: reference records loaded for expected_gradients."""
+
+    def __call__(self, value: Any, key: str, api: bool) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping) or not value:
+            raise SettingsError("must be a non-empty {feature: array} map", key)
+        for name, v in value.items():
+            if not (hasattr(v, "shape") and hasattr(v, "dtype")) or len(v.shape) < 1:
+                raise SettingsError(f"must be an array [records, ...], got {show(v)}", key)
+            if v.shape[0] < 1:
+                raise SettingsError("must hold at least one reference record", f"{key}.{name}")
+        return ArrayMap(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +196,26 @@ class Baseline:
                       `samples` per example, attributions averaged (Vertex AI's convention).
                       Draws are a function of the example's key and `seed` only, so an example
                       gets the same baseline in any batch, process or machine.
+      blur            x' = a Gaussian blur (std `sigma` pixels) of x over its first two axes
+                      (H, W of [H, W] or [H, W, C] features): Vertex AI's blurBaselineConfig
+                      with maxBlurSigma, a straight path from the maximally blurred image
+                      (see `attribution.blur`).
+      average         every baseline of `baselines` (and each one's samples): attributions and
+                      F(x') averaged over all of them (Vertex AI's list of inputBaselines).
+      reference       per-feature `statistic` (median, mean, min, max, mode) of reference data:
+                      TFRecords (`pattern`) or an earlier igbeam run (`run`); resolved into
+                      `values` before the job (`attribution.reference`), then like per_feature.
+      expected_gradients  `samples` baselines per example drawn from reference records
+                      (`pattern`, at most `max_reference` of them), chosen by key and `seed`;
+                      the records are loaded into `references` before the job.
     """
 
     kind: str = setting("zeros", check=Choice(BASELINE_KINDS, "baseline kind", api_only=("array",)))
     value: float = setting(0.0, check=Number(), kinds={"constant": REQUIRED_FOR_KIND})
     values: Mapping[str, Any] | None = setting(
-        None, check=NumberOrNumbersMap(), kinds={"per_feature": REQUIRED_FOR_KIND}
+        None,
+        check=NumberOrNumbersMap(),
+        kinds={"per_feature": REQUIRED_FOR_KIND, "reference": OPTIONAL_FOR_KIND},
     )
     low: Bound | None = setting(
         None, check=NumberOrMap(), kinds={"random_uniform": REQUIRED_FOR_KIND}
@@ -120,18 +223,52 @@ class Baseline:
     high: Bound | None = setting(
         None, check=NumberOrMap(), kinds={"random_uniform": REQUIRED_FOR_KIND}
     )
-    seed: int = setting(0, check=Integer(0), kinds={"random_uniform": OPTIONAL_FOR_KIND})
-    samples: int = setting(1, check=Integer(1), kinds={"random_uniform": OPTIONAL_FOR_KIND})
+    seed: int = setting(
+        0,
+        check=Integer(0),
+        kinds={"random_uniform": OPTIONAL_FOR_KIND, "expected_gradients": OPTIONAL_FOR_KIND},
+    )
+    samples: int = setting(
+        1,
+        check=Integer(1),
+        kinds={"random_uniform": OPTIONAL_FOR_KIND, "expected_gradients": OPTIONAL_FOR_KIND},
+    )
+    sigma: float | None = setting(None, check=Positive(), kinds={"blur": REQUIRED_FOR_KIND})
+    baselines: tuple[Baseline, ...] | None = setting(
+        None, check=_BaselineList(), kinds={"average": REQUIRED_FOR_KIND}
+    )
+    statistic: str | None = setting(
+        None,
+        check=Choice(REFERENCE_STATISTICS, "statistic"),
+        kinds={"reference": REQUIRED_FOR_KIND},
+    )
+    pattern: str | None = setting(
+        None,
+        check=Text(split=True),
+        path=True,
+        kinds={"reference": OPTIONAL_FOR_KIND, "expected_gradients": REQUIRED_FOR_KIND},
+    )
+    run: str | None = setting(None, check=Text(), path=True, kinds={"reference": OPTIONAL_FOR_KIND})
+    max_reference: int = setting(
+        10_000, check=Integer(1), kinds={"expected_gradients": OPTIONAL_FOR_KIND}
+    )
+    references: Mapping[str, Any] | None = setting(
+        None, check=_Arrays(), kinds={"expected_gradients": OPTIONAL_FOR_KIND}, config=False
+    )
 
     @property
     def uses_keys(self) -> bool:
         """Whether the baselines depend on each example's key (`KEYED_BASELINE_KINDS`)."""
+        if self.kind == "average":
+            return any(b.uses_keys for b in self.baselines)
         return self.kind in KEYED_BASELINE_KINDS
 
     @property
     def num_samples(self) -> int:
-        """Baselines per example (only random_uniform draws more than one)."""
-        return self.samples if self.kind == "random_uniform" else 1
+        """Baselines per example: random draws' `samples`; the members' total for average."""
+        if self.kind == "average":
+            return sum(b.num_samples for b in self.baselines)
+        return self.samples if self.kind in ("random_uniform", "expected_gradients") else 1
 
     def bounds(self, feature: str) -> tuple[Any, Any]:
         """The [low, high] range of a random_uniform baseline for one feature."""
@@ -140,7 +277,17 @@ class Baseline:
         return low, high
 
     def cross_check(self, prefix: str) -> None:
-        """low <= high wherever both are known; two bound maps name the same features."""
+        """low <= high wherever both are known; two bound maps name the same features.
+
+        Also: reference takes exactly one of pattern and run.
+        """
+        if self.kind == "reference" and (self.pattern is None) == (self.run is None):
+            where = f"{prefix}.pattern" if prefix else "pattern"
+            raise SettingsError(
+                "give exactly one of pattern (reference TFRecords) and run (an earlier igbeam "
+                "run's output path) for baseline kind 'reference'",
+                where,
+            )
         if self.kind != "random_uniform":
             return
         low, high = self.low, self.high
@@ -165,6 +312,10 @@ class Baseline:
           SettingsError: a map names a feature that is not attributed, or misses one.
         """
         features = tuple(features)
+        if self.kind == "average":
+            for i, member in enumerate(self.baselines):
+                where = f"{prefix}.baselines[{i}]" if prefix else f"baselines[{i}]"
+                member.check_features(features, where)
         for name in ("values", "low", "high"):
             entries = getattr(self, name)
             if not isinstance(entries, Mapping):
@@ -205,6 +356,68 @@ class Target:
 
 
 @dataclasses.dataclass(frozen=True)
+class SmoothGrad:
+    """SmoothGrad on Integrated Gradients: IG of `samples` noisy copies of each input, averaged.
+
+    x_j = x + eps_j, eps_j ~ Normal(0, sigma_f) per element of feature f (j = 1..samples), and
+    attr = mean_j IG(x_j, x'). Noise is a function of the example's key and `seed` only. Vertex
+    AI's smoothGradConfig: noisySampleCount (valid range [1, 50], default 3), noiseSigma
+    (default 0.1) or featureNoiseSigma (features not listed get no noise); the two are exclusive.
+
+    Attributes:
+      samples: Noisy copies per example, in [1, 50].
+      sigma: Noise std for every attributed feature, in input units (> 0); default 0.1 when
+        `feature_sigma` is not given.
+      feature_sigma: {feature: std >= 0} instead of `sigma`; unlisted features get no noise.
+      seed: Seed of the noise (>= 0).
+    """
+
+    samples: int = setting(3, check=Integer(1))
+    sigma: float | None = setting(None, check=Positive())
+    feature_sigma: Mapping[str, float] | None = setting(None, check=NumberOrMap())
+    seed: int = setting(0, check=Integer(0))
+
+    def sigma_of(self, feature: str) -> float:
+        """The noise std of one attributed feature (0: no noise)."""
+        if self.feature_sigma is not None:
+            return float(self.feature_sigma.get(feature, 0.0))
+        return 0.1 if self.sigma is None else self.sigma
+
+    def cross_check(self, prefix: str) -> None:
+        """samples within Vertex's range; sigma and feature_sigma exclusive; stds >= 0."""
+
+        def key(name: str) -> str:
+            return f"{prefix}.{name}" if prefix else name
+
+        if self.samples > SMOOTHGRAD_MAX_SAMPLES:
+            raise SettingsError(
+                f"must be an integer in [1, {SMOOTHGRAD_MAX_SAMPLES}] (Vertex AI's "
+                f"noisySampleCount range), got {self.samples}",
+                key("samples"),
+            )
+        if self.sigma is not None and self.feature_sigma is not None:
+            raise SettingsError("give sigma or feature_sigma, not both", key("feature_sigma"))
+        if self.feature_sigma is not None and not isinstance(self.feature_sigma, Mapping):
+            raise SettingsError(
+                "must be a {feature: std} map (use sigma for one std)", key("feature_sigma")
+            )
+        for name, value in (self.feature_sigma or {}).items():
+            if value < 0:
+                raise SettingsError(f"must be >= 0, got {value}", f"{key('feature_sigma')}.{name}")
+
+    def check_features(self, features: Iterable[str], prefix: str = "") -> None:
+        """Checks that `feature_sigma` names only attributed features."""
+        features = tuple(features)
+        where = f"{prefix}.feature_sigma" if prefix else "feature_sigma"
+        for entry in self.feature_sigma or {}:
+            if entry not in features:
+                raise SettingsError(
+                    f"not an attributed feature (features: {', '.join(features)})",
+                    f"{where}.{entry}",
+                )
+
+
+@dataclasses.dataclass(frozen=True)
 class AttributionConfig:
     """How attributions are computed.
 
@@ -222,6 +435,7 @@ class AttributionConfig:
       output: Name of the model output to explain (multi-output models).
       baseline: The baseline.
       target: The explained output scalar.
+      smoothgrad: SmoothGrad on IG (`SmoothGrad`), or None (plain IG).
     """
 
     method: str = setting("gausslegendre", check=Choice(METHODS, "method"))
@@ -233,6 +447,12 @@ class AttributionConfig:
     output: str | None = setting(None, check=Text())
     baseline: Baseline = setting(Baseline(), check=Section(Baseline))
     target: Target = setting(Target(), check=Section(Target))
+    smoothgrad: SmoothGrad | None = setting(None, check=Section(SmoothGrad))
+
+    @property
+    def noise_samples(self) -> int:
+        """Noisy copies of each input (1 without SmoothGrad)."""
+        return 1 if self.smoothgrad is None else self.smoothgrad.samples
 
     @property
     def adaptive(self) -> bool:

@@ -211,13 +211,17 @@ def _print_summary(summary: dict) -> None:
 def _export(args: argparse.Namespace) -> int:
     from attribution import ModelLoadError, export_integrated_gradients
     from pipeline.config import ConfigError, load_config
-    from pipeline.job import engine_spec
+    from pipeline.job import JobError, engine_spec, resolve_data_baseline
     from transforms.attribute import LoadedEngine
 
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
         return _fail(f"{args.config}: {err}")
+    try:
+        config = resolve_data_baseline(config)  # reference / expected_gradients: from data
+    except JobError as err:
+        return _fail(str(err))
     try:
         loaded = engine_spec(config).load()
     except (ModelLoadError, ValueError) as err:

@@ -235,6 +235,8 @@ class JobConfig:
                     )
         if features is not None:
             self.attribution.baseline.check_features(features, "attribution.baseline")
+            if self.attribution.smoothgrad is not None and self.attribution.layer is None:
+                self.attribution.smoothgrad.check_features(features, "attribution.smoothgrad")
 
     def input_features(self) -> tuple[str, ...] | None:
         """Returns every feature the job must read from the examples.

@@ -128,6 +128,7 @@ class Plan:
     schema_inferred: bool
     input_bytes: int
     loaded: Attributor | None = dataclasses.field(default=None, repr=False, compare=False)
+    baseline_reference: dict[str, Any] | None = None  # data-derived baseline (summary.json)
 
 
 def _join(*parts: str) -> str:
@@ -192,6 +193,7 @@ def plan_job(config: JobConfig) -> Plan:
             schema = load_schema(config.input.schema)
         except ValueError as err:
             raise JobError(f"input.schema: {err}") from err
+    config, baseline_reference = _resolve_baseline(config, schema)
     spec = engine_spec(config)
     try:
         loaded = spec.load()
@@ -243,7 +245,74 @@ def plan_job(config: JobConfig) -> Plan:
         schema_inferred=schema_inferred,
         input_bytes=sum(sizes.values()),
         loaded=loaded,
+        baseline_reference=baseline_reference,
     )
+
+
+DATA_BASELINE_KINDS = ("reference", "expected_gradients")
+
+
+def resolve_data_baseline(config: JobConfig) -> JobConfig:
+    """The config with a `reference`/`expected_gradients` baseline resolved (for `igbeam export`).
+
+    The schema is the job's (`input.schema`, else inferred from the input records, as `plan_job`).
+
+    Raises:
+      JobError: as `plan_job`'s baseline checks.
+    """
+    if config.attribution.baseline.kind not in DATA_BASELINE_KINDS:
+        return config
+    if config.input.schema is not None:
+        try:
+            schema = load_schema(config.input.schema)
+        except ValueError as err:
+            raise JobError(f"input.schema: {err}") from err
+    else:
+        try:
+            files = list(match_files(list(config.input.patterns)))
+            schema = infer_schema(_sample_records(files, SCHEMA_SAMPLE_RECORDS))
+        except ValueError as err:
+            raise JobError(f"input.pattern: {err}") from err
+    return _resolve_baseline(config, schema)[0]
+
+
+def _resolve_baseline(config: JobConfig, schema: Any) -> tuple[JobConfig, dict[str, Any] | None]:
+    """The config with a `reference`/`expected_gradients` baseline resolved from its data.
+
+    Raises:
+      JobError: the combination is unsupported, or the reference data cannot give the baseline.
+    """
+    baseline = config.attribution.baseline
+    if baseline.kind not in DATA_BASELINE_KINDS or config.model.signature == IG_SIGNATURE:
+        return config, None
+    from pipeline.reference import ReferenceDataError, resolve_baseline
+
+    if config.attribution.layer is not None or config.model.preprocess_path is not None:
+        raise JobError(
+            f"attribution.baseline.kind: {baseline.kind} needs input attribution of features "
+            "read from the examples (no attribution.layer, no model.preprocess_path)"
+        )
+    features = config.features
+    if features is None:  # every model input: their names come from the model
+        from attribution import load_model
+
+        try:
+            model = load_model(
+                config.model.path,
+                signature=config.model.signature,
+                safe_mode=config.model.safe_mode,
+            )
+        except ModelLoadError as err:
+            raise JobError(f"model: {err}") from err
+        features = tuple(model.input_specs)
+    try:
+        resolved, details = resolve_baseline(baseline, features, schema)
+    except ReferenceDataError as err:
+        raise JobError(str(err)) from err
+    except OSError as err:
+        raise JobError(f"attribution.baseline.pattern: cannot read: {one_line(err)}") from err
+    attribution = dataclasses.replace(config.attribution, baseline=resolved)
+    return dataclasses.replace(config, attribution=attribution), details
 
 
 def statistics_arguments(plan: Plan) -> dict[str, Any]:
@@ -532,6 +601,7 @@ def run_job(
     """
     start = started if started is not None else time.time()
     plan = plan or plan_job(config)
+    config = plan.config  # with a data-derived baseline resolved
     out = config.output.path
     _clear_output(out)
     with FileSystems.create(_join(out, SCHEMA_FILE)) as f:
@@ -610,6 +680,8 @@ def run_job(
         "versions": versions,
         "beam_args": list(beam_args),
     }
+    if plan.baseline_reference is not None:
+        summary["baseline_reference"] = plan.baseline_reference
     if plan.output_schema.get_field_index(STEPS_COLUMN) >= 0:
         summary["adaptive_steps"] = _adaptive_steps(config, counted["counts"])
     failure = None

@@ -132,7 +132,16 @@ def test_constants():
         "riemann_trapezoid",
         "gausslegendre",
     )
-    assert BASELINE_KINDS == ("zeros", "constant", "per_feature", "random_uniform")
+    assert BASELINE_KINDS == (
+        "zeros",
+        "constant",
+        "per_feature",
+        "random_uniform",
+        "blur",
+        "average",
+        "reference",
+        "expected_gradients",
+    )
     assert TARGET_KINDS == ("predicted", "index", "label", "scalar")
 
 
