@@ -42,6 +42,7 @@ from attribution.fields import (
     default_of,
     setting,
 )
+from attribution.text_settings import TextConfig
 
 __all__ = [
     "ADAPTIVE_METHODS",
@@ -222,6 +223,9 @@ class AttributionConfig:
       output: Name of the model output to explain (multi-output models).
       baseline: The baseline.
       target: The explained output scalar.
+      text: Token features at `layer` (`attribution.text_settings.TextConfig`): padding
+        positions held at their input (attribution exactly 0) and the token strings written
+        beside the scores; None: no padding (unless the layer is an `Embedding(mask_zero=True)`).
     """
 
     method: str = setting("gausslegendre", check=Choice(METHODS, "method"))
@@ -233,6 +237,7 @@ class AttributionConfig:
     output: str | None = setting(None, check=Text())
     baseline: Baseline = setting(Baseline(), check=Section(Baseline))
     target: Target = setting(Target(), check=Section(Target))
+    text: TextConfig | None = setting(None, check=Section(TextConfig))
 
     @property
     def adaptive(self) -> bool:
@@ -253,6 +258,11 @@ class AttributionConfig:
         def key(name: str) -> str:
             return f"{prefix}.{name}" if prefix else name
 
+        if self.text is not None and self.layer is None:
+            raise SettingsError(
+                "token features are attributed at the layer that embeds them: set layer",
+                key("text"),
+            )
         if self.adaptive:
             if self.method not in ADAPTIVE_METHODS:
                 raise SettingsError(
