@@ -36,6 +36,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from tensorflow_metadata.proto.v0 import schema_pb2
 
 from attribution import ModelLoadError
 from attribution.errors import one_line
@@ -214,6 +215,7 @@ def plan_job(config: JobConfig) -> Plan:
     input_features = [
         n for n in loaded.attributed_names if n in loaded.feature_specs and n in in_schema
     ]
+    token_layers = _token_layers(loaded, schema)
     try:
         attributed_sizes = loaded.attributed_sizes()
         results_schema = attribution_schema(
@@ -222,6 +224,7 @@ def plan_job(config: JobConfig) -> Plan:
             config.passthrough,
             input_features,
             adaptive=getattr(loaded, "adaptive", False),
+            token_layers=token_layers,
         )
     except ValueError as err:
         raise JobError(f"attribution: {err}") from err
@@ -244,6 +247,27 @@ def plan_job(config: JobConfig) -> Plan:
         input_bytes=sum(sizes.values()),
         loaded=loaded,
     )
+
+
+def _token_layers(loaded: Attributor, schema: Any) -> list[str]:
+    """[layer] when the run writes `tokens_<layer>` (`attribution.text`), else [].
+
+    Raises:
+      JobError: the token feature is not a BYTES feature of the schema.
+    """
+    padding = getattr(loaded, "padding", None)
+    if padding is None or padding.tokens is None:
+        return []
+    by_name = {f.name: f for f in schema.feature}
+    feature = by_name.get(padding.tokens)
+    if feature is None:
+        raise JobError(f"attribution.text.tokens: feature {padding.tokens!r} is not in the schema")
+    if feature.type != schema_pb2.BYTES:
+        raise JobError(
+            f"attribution.text.tokens: feature {padding.tokens!r} must hold strings (BYTES), "
+            f"not {schema_pb2.FeatureType.Name(feature.type)}"
+        )
+    return [loaded.layer]
 
 
 def statistics_arguments(plan: Plan) -> dict[str, Any]:
