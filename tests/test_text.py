@@ -21,11 +21,12 @@ from helpers import read_parquet, write_examples
 
 from attribution import IntegratedGradients, load_model
 from attribution.errors import SettingsError
-from attribution.fields import parse
+from attribution.fields import parse, to_dict
 from attribution.models import ModelAdapter
 from attribution.settings import AttributionConfig, Target
 from attribution.text_settings import TextConfig
 from pipeline.config import parse_config
+from pipeline.fingerprint import differences
 from pipeline.job import JobError, plan_job, run_job
 from transforms.constants import ATTRIBUTIONS_DIR
 from transforms.text import scores_column, token_column
@@ -150,6 +151,17 @@ def test_text_settings_parse_and_errors():
         parse(AttributionConfig, {"layer": "emb", "text": {"padding": True}})
     with pytest.raises(SettingsError, match=r"text\.paddding"):
         parse(AttributionConfig, {"layer": "emb", "text": {"paddding": 0}})
+
+
+def test_fingerprints_of_runs_before_text_settings_still_compare():
+    current = to_dict(AttributionConfig(steps=16, layer="emb"))
+    assert current["text"] is None
+    older = {k: v for k, v in current.items() if k != "text"}
+    base = {"model_sha256": "x", "model_signature": "s", "attributed": ["emb"]}
+    assert differences({**base, "attribution": older}, {**base, "attribution": current}) == []
+    with_text = to_dict(AttributionConfig(steps=16, layer="emb", text=TextConfig()))
+    lines = differences({**base, "attribution": older}, {**base, "attribution": with_text})
+    assert [line.split(" differs")[0] for line in lines] == ["attribution.text"]
 
 
 # --------------------------------------------------------------------------- columns
