@@ -12,6 +12,7 @@ model, and bad token features (missing, too long) handled as documented in docs/
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +32,7 @@ from pipeline.job import JobError, plan_job, run_job
 from transforms.constants import ATTRIBUTIONS_DIR
 from transforms.text import scores_column, token_column
 
+REPO = Path(__file__).resolve().parent.parent
 T, E, V = 6, 4, 12
 WORDS = [f"w{i}" for i in range(V)]  # id i <-> WORDS[i]; id 0 is padding
 
@@ -364,3 +366,49 @@ def test_token_feature_must_be_strings_in_the_schema(tmp_path):
         plan_job(parse_config(_job(tmp_path, data, {"tokens": "ids"})))
     with pytest.raises(JobError, match=r"text\.tokens: feature 'nope' is not in the"):
         plan_job(parse_config(_job(tmp_path, data, {"tokens": "nope"})))
+
+
+def test_export_holds_padding_as_the_engine_does(tmp_path):
+    import tensorflow as tf
+
+    from attribution.savedmodel import export_integrated_gradients
+
+    model = _linear_text_model()
+    engine = _engine(model, TextConfig())
+    path = export_integrated_gradients(engine, str(tmp_path / "export"))
+    ids = _ids(9, seed=8)
+    fn = tf.saved_model.load(path).signatures["integrated_gradients"]
+    out = {k: v.numpy() for k, v in fn(ids=tf.constant(ids)).items()}
+    reference = engine.attribute({"ids": ids})
+    np.testing.assert_allclose(out["layer_scores/emb"], reference.layer_scores, atol=1e-6)
+    assert np.all(out["layer_scores/emb"][ids == 0] == 0.0)
+    np.testing.assert_allclose(out["delta"], reference.deltas, atol=1e-6)
+
+
+def test_text_demo_config_runs_and_sentiment_words_lead(tmp_path):
+    from pipeline import demo_text
+    from pipeline.config import load_config
+
+    root = tmp_path / "text"
+    demo_text.build(str(root), n=300)
+    config = load_config(
+        str(REPO / "configs" / "demo_text.yaml"),
+        [
+            f"model.path={root / 'model.keras'}",
+            f"input.pattern={root / 'data' / '*.tfrecord.gz'}",
+            f"input.schema={root / 'data' / 'schema.pbtxt'}",
+            f"output.path={tmp_path / 'out'}",
+        ],
+    )
+    summary = run_job(config)
+    assert summary["counts"]["examples_attributed"] == 300
+    sentiment = set(demo_text.POSITIVE) | set(demo_text.NEGATIVE)
+    lead = 0
+    for row in _results(tmp_path / "out"):
+        scores, tokens = row["attr_embedding"], row["tokens_embedding"]
+        words = [t for t in tokens if t is not None]
+        assert [s is None for s in scores] == [t is None for t in tokens]  # padding = no word
+        top = max(range(len(words)), key=lambda t: abs(scores[t]))
+        lead += words[top] in sentiment
+        assert abs(row["delta"]) < 1e-3
+    assert lead >= 0.95 * 300  # the label is decided by the sentiment words
