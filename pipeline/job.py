@@ -129,6 +129,7 @@ class Plan:
     schema_inferred: bool
     input_bytes: int
     loaded: Attributor | None = dataclasses.field(default=None, repr=False, compare=False)
+    padded: list[str] = dataclasses.field(default_factory=list)  # layers with padding (nulls)
 
 
 def _join(*parts: str) -> str:
@@ -246,6 +247,7 @@ def plan_job(config: JobConfig) -> Plan:
         schema_inferred=schema_inferred,
         input_bytes=sum(sizes.values()),
         loaded=loaded,
+        padded=[loaded.layer] if getattr(loaded, "padding", None) is not None else [],
     )
 
 
@@ -354,6 +356,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         shards=config.output.shards,
         statistics=statistics_arguments(plan),
         groups=_merge_groups(pipeline),
+        token_layers=plan.padded,
     )
 
 

@@ -310,6 +310,18 @@ def test_pipeline_tokens_aligned_padding_null_and_complete(tmp_path):
     np.testing.assert_allclose(overall.mean_attributions, sums.mean(), rtol=1e-9)
     np.testing.assert_allclose(overall.mean_absolute_attributions, np.abs(sums).mean(), rtol=1e-9)
 
+    # Per position: examples with a token / with padding there, mean scores over the tokens.
+    positions = read_parquet(tmp_path / "out" / "statistics" / "tokens.parquet")
+    assert list(positions.feature) == ["emb"] * T
+    assert list(positions.position) == list(range(T))
+    grid = np.array([[np.nan if s is None else s for s in r["attr_emb"]] for r in results])
+    np.testing.assert_array_equal(positions["count"], (~np.isnan(grid)).sum(axis=0))
+    np.testing.assert_array_equal(positions.padding, (ids[rows] == 0).sum(axis=0))
+    np.testing.assert_allclose(positions.mean_attributions, np.nanmean(grid, axis=0), rtol=1e-9)
+    np.testing.assert_allclose(
+        positions.mean_absolute_attributions, np.nanmean(np.abs(grid), axis=0), rtol=1e-9
+    )
+
 
 def test_pipeline_string_categories_with_stringlookup_inside(tmp_path):
     import keras
