@@ -424,3 +424,8 @@ def test_text_demo_config_runs_and_sentiment_words_lead(tmp_path):
         lead += words[top] in sentiment
         assert abs(row["delta"]) < 1e-3
     assert lead >= 0.95 * 300  # the label is decided by the sentiment words
+    # The report reads per-token scores with nulls (padding) without failing.
+    from pipeline.cli import main as cli_main
+
+    assert cli_main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").stat().st_size > 0
