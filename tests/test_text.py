@@ -131,6 +131,51 @@ def test_padding_value_other_than_zero():
     assert np.all(result.layer_scores[ids == 5] == 0.0)
 
 
+def test_stringlookup_mask_token_and_mask_zero_mark_the_empty_string():
+    """StringLookup(mask_token="") maps "" to 0, which Embedding(mask_zero=True) masks."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    words = keras.Input((4,), dtype="string", name="words")
+    ids = keras.layers.StringLookup(vocabulary=["a", "b", "c"], mask_token="")(words)
+    h = keras.layers.Embedding(5, 3, mask_zero=True, name="emb")(ids)
+    out = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(h))
+    model = keras.Model({"words": words}, out)
+    x = np.array([["a", "b", "", ""], ["c", "", "", ""], ["b", "x", "a", "c"]], dtype=object)
+    result = _engine(model, None).attribute({"words": x})
+    np.testing.assert_array_equal(result.padding, x == "")
+    assert np.all(result.layer_scores[x == ""] == 0.0)
+    np.testing.assert_allclose(
+        result.predictions, model({"words": x.astype(bytes)}).numpy()[:, 0], atol=1e-6
+    )
+    assert np.abs(result.deltas).max() < 1e-6
+
+
+def test_adaptive_steps_keep_the_padding():
+    from attribution.adaptive import AdaptiveIntegratedGradients
+
+    model = _linear_text_model(seed=3)
+    settings = AttributionConfig(
+        layer="emb", steps="auto", target=Target(kind="scalar"), text=TextConfig()
+    )
+    ids = _ids(10, seed=9)
+    engine = AdaptiveIntegratedGradients(ModelAdapter.from_keras(model), settings=settings)
+    result = engine.attribute({"ids": ids})
+    np.testing.assert_array_equal(result.padding, ids == 0)
+    assert np.all(result.layer_scores[ids == 0] == 0.0)
+
+
+def test_shared_embedding_layer_is_refused_by_name():
+    import keras
+
+    a, b = keras.Input((3,), dtype="int64", name="a"), keras.Input((3,), dtype="int64", name="b")
+    shared = keras.layers.Embedding(5, 2, name="shared")
+    h = keras.layers.Concatenate(axis=1)([shared(a), shared(b)])
+    model = keras.Model({"a": a, "b": b}, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
+    with pytest.raises(ValueError, match="layer 'shared' is called 2 times"):
+        IntegratedGradients(ModelAdapter.from_keras(model), layer="shared")
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
