@@ -31,6 +31,7 @@ from pipeline.fingerprint import differences
 from pipeline.job import JobError, plan_job, run_job
 from transforms.constants import ATTRIBUTIONS_DIR
 from transforms.text import scores_column, token_column
+from transforms.text_statistics import TOKEN_STATISTICS_SCHEMA
 
 REPO = Path(__file__).resolve().parent.parent
 T, E, V = 6, 4, 12
@@ -474,3 +475,15 @@ def test_text_demo_config_runs_and_sentiment_words_lead(tmp_path):
 
     assert cli_main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r.html").stat().st_size > 0
+
+
+def test_zero_examples_with_text_settings(tmp_path):
+    _classifier().save(str(tmp_path / "text.keras"))
+    data = _write_text_data(tmp_path, _ids(0))
+    summary = run_job(parse_config(_job(tmp_path, data, {"tokens": "words"})))
+    assert summary["counts"]["examples_attributed"] == 0
+    table = pq.read_table(str(tmp_path / "out" / ATTRIBUTIONS_DIR))
+    assert table.num_rows == 0
+    assert {"attr_emb", "tokens_emb"} <= set(table.column_names)
+    positions = pq.read_table(str(tmp_path / "out" / "statistics" / "tokens.parquet"))
+    assert positions.num_rows == 0 and positions.schema == TOKEN_STATISTICS_SCHEMA
