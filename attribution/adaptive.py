@@ -238,6 +238,7 @@ class AdaptiveIntegratedGradients:
             targets=np.array(result.targets),
             baselines=_copy(result.baselines),
             layer_scores=_copy(result.layer_scores),
+            padding=result.padding,
             steps_used=np.full(n, self.levels[0], np.int32),
         )
         per_example_targets = targets is not None and np.ndim(targets) > 0

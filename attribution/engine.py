@@ -40,6 +40,7 @@ from attribution.targets import (
     reported_targets,
     select_classes,
 )
+from attribution.text import Padding, padding_for_layer
 
 __all__ = ["Attribution", "IntegratedGradients", "map_chunks", "rows_per_chunk"]
 
@@ -67,6 +68,9 @@ class Attribution:
       baselines: name -> [B, S, *shape], the S baselines used per example.
       layer_scores: for layer attribution, [B, *shape[:-1]]: attributions summed over the last
         (embedding) axis, one score per token/feature; None otherwise.
+      padding: for layer attribution with padding (`attribution.text`, or an Embedding with
+        mask_zero), bool [B, *shape[:-1]], True at padding positions (held at their input:
+        their scores are exactly 0); None otherwise.
     """
 
     attributions: dict[str, np.ndarray] | np.ndarray
@@ -76,6 +80,7 @@ class Attribution:
     targets: np.ndarray
     baselines: dict[str, np.ndarray]
     layer_scores: np.ndarray | None = None
+    padding: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -214,8 +219,10 @@ class IntegratedGradients:
             front, head, h_spec = model.split_at_layer(self.layer)
             self._front, self._head = front, head
             self.attributed_specs = {self.layer: h_spec}
+            self.padding = padding_for_layer(model, self.layer, h_spec, self.settings.text)
         else:
             self._front = None
+            self.padding: Padding | None = None
             names = list(features) if features is not None else list(self.input_specs)
             self._check_features(names)
             self.attributed_specs = {n: self.input_specs[n] for n in names}
@@ -254,6 +261,11 @@ class IntegratedGradients:
         }
         inputs_sig = dict(self.input_specs)
         self._embed_fn = tf.function(self.embed, input_signature=[inputs_sig], autograph=False)
+        self._padding_fn = None
+        if self.padding is not None:
+            self._padding_fn = tf.function(
+                self.padding.mask, input_signature=[inputs_sig], autograph=False
+            )
         # Traced on the first call, when an attributed shape that is not fixed can be reported as
         # a ValueError of that call. Calling the concrete function skips the polymorphic
         # function's per-call signature matching (milliseconds for models with many inputs).
@@ -416,6 +428,8 @@ class IntegratedGradients:
         layout = self.layout()
         n = tf.shape(requested)[0]
         base = make_baselines(self.baseline, self.attributed_specs, layout, x, keys, provided)
+        if self.padding is not None:  # padding positions do not move: their attribution is 0
+            base = self.padding.hold(base, x, rest)
         if self.settings.smoothgrad is not None:
             return self._smoothgrad_packed(rest, x, keys, requested, base)
         samples = tf.shape(next(iter(base.values())))[1]
@@ -835,7 +849,7 @@ class IntegratedGradients:
             {k: out[BASELINES + k].reshape(n * samples, -1) for k in layout.groups}
         )
         used = {k: v.reshape((n, samples, *v.shape[1:])) for k, v in flat.items()}
-        return self._result(
+        result = self._result(
             attributions,
             out["prediction"],
             out["baseline_prediction"],
@@ -843,6 +857,23 @@ class IntegratedGradients:
             out["target"],
             used,
         )
+        if self._padding_fn is not None:
+            result.padding = self._padding_masks(model_inputs, n)
+        return result
+
+    def _padding_masks(self, model_inputs: dict[str, np.ndarray], n: int) -> np.ndarray:
+        """bool [n, *scores shape]: the padding positions of a batch (see `attribution.text`)."""
+        per = self.max_rows_per_call
+        parts = [
+            self._padding_fn(
+                {
+                    k: tf.convert_to_tensor(v[i : i + per], self.input_specs[k].dtype)
+                    for k, v in model_inputs.items()
+                }
+            ).numpy()
+            for i in range(0, n, per)
+        ]
+        return np.concatenate(parts).astype(bool)
 
     def _result(
         self,

@@ -176,6 +176,13 @@ class ModelAdapter:
         except ValueError as err:
             names = ", ".join(lyr.name for lyr in model.layers)
             raise ValueError(f"model has no layer {layer_name!r}; layers: {names}") from err
+        calls = len(getattr(layer, "_inbound_nodes", []) or [])
+        if calls > 1:  # e.g. one Embedding shared by two token inputs: no single output
+            raise ValueError(
+                f"layer {layer_name!r} is called {calls} times in the model (a shared layer): its "
+                "output is not one tensor; attribute at a layer after it, or give each input its "
+                "own layer"
+            )
         try:
             h_tensor = layer.output
         except (AttributeError, ValueError) as err:

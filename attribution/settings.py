@@ -46,6 +46,7 @@ from attribution.fields import (
     show,
     validated,
 )
+from attribution.text_settings import TextConfig
 
 __all__ = [
     "ADAPTIVE_METHODS",
@@ -436,6 +437,9 @@ class AttributionConfig:
       baseline: The baseline.
       target: The explained output scalar.
       smoothgrad: SmoothGrad on IG (`SmoothGrad`), or None (plain IG).
+      text: Token features at `layer` (`attribution.text_settings.TextConfig`): padding
+        positions held at their input (attribution exactly 0) and the token strings written
+        beside the scores; None: no padding (unless the layer is an `Embedding(mask_zero=True)`).
     """
 
     method: str = setting("gausslegendre", check=Choice(METHODS, "method"))
@@ -453,6 +457,8 @@ class AttributionConfig:
     def noise_samples(self) -> int:
         """Noisy copies of each input (1 without SmoothGrad)."""
         return 1 if self.smoothgrad is None else self.smoothgrad.samples
+
+    text: TextConfig | None = setting(None, check=Section(TextConfig))
 
     @property
     def adaptive(self) -> bool:
@@ -473,6 +479,11 @@ class AttributionConfig:
         def key(name: str) -> str:
             return f"{prefix}.{name}" if prefix else name
 
+        if self.text is not None and self.layer is None:
+            raise SettingsError(
+                "token features are attributed at the layer that embeds them: set layer",
+                key("text"),
+            )
         if self.adaptive:
             if self.method not in ADAPTIVE_METHODS:
                 raise SettingsError(

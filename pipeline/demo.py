@@ -133,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code:
         return code
     print(f"\nOpen the report in a browser (no server needed): {os.path.abspath(report)}")
+    from pipeline import demo_text
+
+    with quiet_native_logs(enabled=not args.verbose):
+        text_dir = demo_text.build(os.path.join(args.dir, "text"))
+    print(f"Text demo inputs in {text_dir}/: igbeam run --config configs/demo_text.yaml")
     return 0
 
 

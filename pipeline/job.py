@@ -36,6 +36,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from tensorflow_metadata.proto.v0 import schema_pb2
 
 from attribution import ModelLoadError
 from attribution.errors import one_line
@@ -129,6 +130,7 @@ class Plan:
     input_bytes: int
     loaded: Attributor | None = dataclasses.field(default=None, repr=False, compare=False)
     baseline_reference: dict[str, Any] | None = None  # data-derived baseline (summary.json)
+    padded: list[str] = dataclasses.field(default_factory=list)  # layers with padding (nulls)
 
 
 def _join(*parts: str) -> str:
@@ -216,6 +218,7 @@ def plan_job(config: JobConfig) -> Plan:
     input_features = [
         n for n in loaded.attributed_names if n in loaded.feature_specs and n in in_schema
     ]
+    token_layers = _token_layers(loaded, schema)
     try:
         attributed_sizes = loaded.attributed_sizes()
         results_schema = attribution_schema(
@@ -224,6 +227,7 @@ def plan_job(config: JobConfig) -> Plan:
             config.passthrough,
             input_features,
             adaptive=getattr(loaded, "adaptive", False),
+            token_layers=token_layers,
         )
     except ValueError as err:
         raise JobError(f"attribution: {err}") from err
@@ -246,6 +250,7 @@ def plan_job(config: JobConfig) -> Plan:
         input_bytes=sum(sizes.values()),
         loaded=loaded,
         baseline_reference=baseline_reference,
+        padded=[loaded.layer] if getattr(loaded, "padding", None) is not None else [],
     )
 
 
@@ -313,6 +318,27 @@ def _resolve_baseline(config: JobConfig, schema: Any) -> tuple[JobConfig, dict[s
         raise JobError(f"attribution.baseline.pattern: cannot read: {one_line(err)}") from err
     attribution = dataclasses.replace(config.attribution, baseline=resolved)
     return dataclasses.replace(config, attribution=attribution), details
+
+
+def _token_layers(loaded: Attributor, schema: Any) -> list[str]:
+    """[layer] when the run writes `tokens_<layer>` (`attribution.text`), else [].
+
+    Raises:
+      JobError: the token feature is not a BYTES feature of the schema.
+    """
+    padding = getattr(loaded, "padding", None)
+    if padding is None or padding.tokens is None:
+        return []
+    by_name = {f.name: f for f in schema.feature}
+    feature = by_name.get(padding.tokens)
+    if feature is None:
+        raise JobError(f"attribution.text.tokens: feature {padding.tokens!r} is not in the schema")
+    if feature.type != schema_pb2.BYTES:
+        raise JobError(
+            f"attribution.text.tokens: feature {padding.tokens!r} must hold strings (BYTES), "
+            f"not {schema_pb2.FeatureType.Name(feature.type)}"
+        )
+    return [loaded.layer]
 
 
 def statistics_arguments(plan: Plan) -> dict[str, Any]:
@@ -399,6 +425,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         shards=config.output.shards,
         statistics=statistics_arguments(plan),
         groups=_merge_groups(pipeline),
+        token_layers=plan.padded,
     )
 
 

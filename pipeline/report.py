@@ -299,7 +299,8 @@ class _Charts:
         return self.svg(fig, name)
 
     def waterfall(self, row: Mapping[str, Any], attributed: list[str], title: str) -> str:
-        values = {f: float(np.sum(row["attr_" + f])) for f in attributed}
+        # Per-token scores hold nulls at padding positions (docs/text.md): not scores, left out.
+        values = {f: _attribution_total(row["attr_" + f]) for f in attributed}
         top = sorted(values, key=lambda f: -abs(values[f]))[:WATERFALL_FEATURES]
         rest = sum(v for f, v in values.items() if f not in top)
         steps = [(f, values[f]) for f in top]
@@ -660,6 +661,13 @@ def _dead_letters(page: _Page, data: _RunData, charts: _Charts) -> None:
             css="plain",
         ),
     )
+
+
+def _attribution_total(value: Any) -> float:
+    """One example's attribution of a feature: the value, or the sum of a list's non-nulls."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return float(sum(v for v in value if v is not None))
+    return float(value)
 
 
 def _examples(page: _Page, data: _RunData, charts: _Charts, attributed: list[str]) -> None:

@@ -53,6 +53,7 @@ def test_fixed_steps_are_unchanged():
         "output",
         "baseline",
         "target",
+        "text",  # null unless set: a fingerprint without it (older runs) compares equal
     }
 
 

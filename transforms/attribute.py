@@ -57,6 +57,7 @@ from transforms.constants import (
 from transforms.dead_letters import DeadLetter
 from transforms.decode import ExampleDecoder, dense_column, fixed_length, scalar_or_list
 from transforms.records import Block
+from transforms.text import TOKENS_PREFIX, scores_column, token_column, token_fields, token_reasons
 from transforms.tfrecords import Record, RecordChunk, chunk_length, chunk_records
 
 __all__ = [
@@ -259,6 +260,8 @@ class LoadedEngine:
         self.layer = engine.layer
         self.attributed_names = list(engine.attributed_specs)
         self.needs_serialized = preprocess is not None
+        first = getattr(engine, "first", engine)  # an adaptive engine's first level
+        self.padding = getattr(first, "padding", None)  # `attribution.text.Padding` or None
         specs = {} if preprocess is not None else dict(model.input_specs)
         target = engine.target
         if target.kind == "label" and target.feature not in specs:
@@ -341,13 +344,16 @@ def attribution_schema(
     input_features: Sequence[str] = (),
     *,
     adaptive: bool = False,
+    token_layers: Sequence[str] = (),
 ) -> pa.Schema:
     """The explicit Arrow schema of the per-example results.
 
     Columns: key, target, prediction, baseline_prediction, delta; with `adaptive` (steps auto)
     `steps` (int32, the steps the example used) and `within_tolerance` (bool; there are no such
     columns with fixed steps, whose number is the config's); `attr_<name>` per attributed
-    feature (float64 for a scalar, list<float64> for a vector; per-token scores for a layer); then
+    feature (float64 for a scalar, list<float64> for a vector; per-token scores for a layer, null
+    at padding positions); `tokens_<layer>` (list<string>) for each of `token_layers` (see
+    `transforms.text`); then
     the pass-through features (a scalar when the schema fixes one value per example, else a list;
     bytes become UTF-8 strings; null when missing); then `in_<name>`, the input value of each of
     `input_features` (attributed features read from the examples), typed like a pass-through.
@@ -359,6 +365,7 @@ def attribution_schema(
     for name, size in attributed_sizes.items():
         value = pa.float64() if size == 1 else pa.list_(pa.float64())
         fields.append(pa.field(ATTRIBUTION_PREFIX + name, value, nullable=False))
+    fields.extend(token_fields(token_layers))
     by_name = {f.name: f for f in schema.feature}
     columns = [(name, name) for name in passthrough]
     columns += [(name, INPUT_PREFIX + name) for name in input_features]
@@ -570,6 +577,18 @@ class AttributeBatchDoFn(beam.DoFn):
                 reasons = [a or b for a, b in zip(reasons, why, strict=True)]
         return arrays, reasons
 
+    def _token_reasons(self, batch: pa.RecordBatch) -> list[str]:
+        """A reason per row whose token strings cannot be aligned with its scores."""
+        layer = self._loaded.layer or ""
+        if TOKENS_PREFIX + layer not in self._output_schema.names:
+            return [""] * batch.num_rows
+        padding = self._loaded.padding
+        index = batch.schema.get_field_index(padding.tokens)
+        if index < 0:
+            return [f"token feature {padding.tokens!r} is not in the schema"] * batch.num_rows
+        positions = int(np.prod(padding.shape))
+        return token_reasons(batch.column(index), positions, padding.tokens, layer)
+
     def _feature_layout(self) -> list[tuple[str, int, tuple[int, ...], np.dtype]]:
         """(name, values per example, shape, numpy dtype) of each feature the model reads."""
         if self._layout is None:
@@ -625,9 +644,19 @@ class AttributeBatchDoFn(beam.DoFn):
             attributions = {self._loaded.attributed_names[0]: attributions}
         if result.layer_scores is not None:
             attributions = {self._loaded.layer: result.layer_scores}
+        padding = getattr(result, "padding", None)
         for name, values in attributions.items():
             field = self._output_schema.field(ATTRIBUTION_PREFIX + name)
-            columns[field.name] = _dense_column(values, field)
+            if padding is not None and result.layer_scores is not None:
+                columns[field.name] = scores_column(values, padding)  # padding: null
+            else:
+                columns[field.name] = _dense_column(values, field)
+        tokens = TOKENS_PREFIX + (self._loaded.layer or "")
+        if tokens in self._output_schema.names:
+            column = batch.column(batch.schema.get_field_index(self._loaded.padding.tokens))
+            columns[tokens] = token_column(
+                column.take(pa.array(index)), int(np.prod(self._loaded.padding.shape))
+            )
         for name in self._input_features:  # the dense values the model read: no Arrow copies
             field = self._output_schema.field(INPUT_PREFIX + name)
             columns[field.name] = _dense_column(inputs[name][index], field)
@@ -668,9 +697,10 @@ class AttributeBatchDoFn(beam.DoFn):
                 return _Prepared(batch, [], rejected, None)
             keys, key_reasons = self._keys(batch, good_records)
             inputs, input_reasons = self._features(batch)
+            text_reasons = self._token_reasons(batch)
             usable = []
             for pos, record in enumerate(good_records):
-                reason = key_reasons[pos] or input_reasons[pos]
+                reason = key_reasons[pos] or input_reasons[pos] or text_reasons[pos]
                 if reason:
                     rejected.append((record, STAGE_VALIDATE, reason, keys[pos]))
                 else:

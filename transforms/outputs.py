@@ -52,6 +52,7 @@ from transforms.constants import (
 )
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, dead_letter_to_row
 from transforms.statistics import AttributionStatistics, AttributionStatsCombineFn
+from transforms.text_statistics import WriteTokenStatistics
 
 __all__ = [
     "DUPLICATE_KEYS_SCHEMA",
@@ -388,6 +389,9 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
         histogram buckets, inputs to describe).
       groups: Groups of the first merge level (`TOTAL_GROUPS` for a runner without combiner
         lifting); 1 merges in one level.
+        lifting, 1 otherwise).
+      token_layers: Layers whose per-token scores mark padding (`transforms.text`): their
+        per-position statistics go to `statistics/tokens.parquet`.
     """
 
     def __init__(
@@ -400,9 +404,11 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
         shards: int = 0,
         statistics: Mapping[str, Any] | None = None,
         groups: int = TOTAL_GROUPS,
+        token_layers: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self._dir = output_dir
+        self._token_layers = list(token_layers)
         self._schema = output_schema
         self._shards = shards
         self._groups = groups
@@ -441,6 +447,10 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
             >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
             | "WriteDuplicateKeys" >> beam.ParDo(_WriteDuplicateKeys(self._dir)),
         ]
+        if self._token_layers:
+            done.append(
+                blocks | "TokenStatistics" >> WriteTokenStatistics(self._dir, self._token_layers)
+            )
         if self._shards:
             done.append(
                 blocks

@@ -41,8 +41,10 @@ back but are still kept apart.
 
 Vector features. The statistic of a vector (e.g. per-token) attribution is over the per-example
 SUM of its attributions across the vector (an empty vector sums to 0). A per-example value that
-is NaN (or null, or a vector with any NaN/null element) is excluded from every statistic of that
-feature and counted in ``nan_count`` instead. Vector inputs are described over all their values.
+is NaN (or null, or a vector with any NaN element) is excluded from every statistic of that
+feature and counted in ``nan_count`` instead. A null element of a vector is a padding position of
+a text feature (see `transforms.text`), not a score: it is left out of the sum. Vector inputs
+are described over all their values.
 
 Everything in `add_input` is vectorised with numpy/pyarrow: rows are grouped per slice by
 sorting integer slice codes and reducing with ``ufunc.reduceat``; the only Python loops run over
@@ -672,7 +674,9 @@ def _attribution_values(column: pa.Array, num_rows: int) -> np.ndarray:
     ):
         flat = pc.list_flatten(column).cast(pa.float64())
         parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
-        flat_values = flat.to_numpy(zero_copy_only=False)  # nulls -> NaN
+        # A null element is a padding position of a text feature (`transforms.text`): not a
+        # score, left out of the sum (its attribution is 0). A NaN element poisons its example.
+        flat_values = pc.fill_null(flat, 0.0).to_numpy(zero_copy_only=False)
         values = np.bincount(parents, weights=flat_values, minlength=num_rows).astype(np.float64)
     else:
         values = column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
