@@ -53,7 +53,6 @@ def test_fixed_steps_are_unchanged():
         "output",
         "baseline",
         "target",
-        "text",  # null unless set: a fingerprint without it (older runs) compares equal
     }
 
 
