@@ -32,6 +32,7 @@ from attribution.budget import AUTO, bytes_per_row, plan_batches
 from attribution.fields import check_value, default_of, validated
 from attribution.integration import integration_rule
 from attribution.models import ModelAdapter
+from attribution.multi_output import check_display_names, repeat_rows, requested_rows
 from attribution.packing import Packing
 from attribution.settings import FEATURES, AttributionConfig, Baseline, BatchingConfig, Target
 from attribution.targets import (
@@ -66,6 +67,9 @@ class Attribution:
       baselines: name -> [B, S, *shape], the S baselines used per example.
       layer_scores: for layer attribution, [B, *shape[:-1]]: attributions summed over the last
         (embedding) axis, one score per token/feature; None otherwise.
+      output_ranks: for target kinds top_k and indices, [B * K] int32: the rank of each row's
+        output among the example's K explained outputs (every other field then has B * K rows,
+        the K rows of an example consecutive, see `attribution.multi_output`); None otherwise.
     """
 
     attributions: dict[str, np.ndarray] | np.ndarray
@@ -75,6 +79,7 @@ class Attribution:
     targets: np.ndarray
     baselines: dict[str, np.ndarray]
     layer_scores: np.ndarray | None = None
+    output_ranks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -221,6 +226,13 @@ class IntegratedGradients:
         if self.target.kind == "label" and self.target.feature in self.attributed_specs:
             raise ValueError(f"the label feature {self.target.feature!r} cannot be attributed")
         check_baseline(self.baseline, self.attributed_specs)
+        if self.target.multi or self.settings.display_names is not None:
+            # Checked now that the model is known (its output width, when static).
+            width = self.output_width()
+            if width is not None:
+                check_classes(self.target, self.output, width)
+            if self.target.kind not in ("scalar", "callable"):
+                check_display_names(self.settings.display_names, width, self.output)
         rows_per_example = None if self.baseline.kind == "array" else self.baseline.num_samples
         # Rows per gradient call: given, or the memory budget over the model's bytes per row.
         self.batch_plan = plan_batches(
@@ -307,6 +319,20 @@ class IntegratedGradients:
                     "meaningless; attribute to the layer that embeds it instead (layer='...', "
                     "e.g. its Embedding layer) and leave it out of features"
                 )
+
+    def output_width(self) -> int | None:
+        """The explained output's static width C (classes), or None when known only at run time.
+
+        Traces the model once (symbolically); used to check multi-output targets and display
+        names at construction.
+        """
+
+        def probe(inputs: TensorDict) -> tf.Tensor:
+            return tf.convert_to_tensor(self.model(inputs)[self.output])
+
+        concrete = tf.function(probe, autograph=False).get_concrete_function(dict(self.input_specs))
+        inner = concrete.structured_outputs.shape[1:]
+        return inner.num_elements() if inner.is_fully_defined() else None
 
     def layout(self) -> Packing:
         """How the attributed tensors pack into one [rows, D] array per dtype (fixed shapes)."""
@@ -491,7 +517,8 @@ class IntegratedGradients:
                 out_b = tf.broadcast_to(one, [stop - start, tf.shape(one)[1]])
             else:
                 out_b = self.selected_output(r, layout.unpack(bs))
-            chosen, safe = select_classes(out_x, requested[start:stop])
+            ranked = self.target.kind == "top_k"
+            chosen, safe = select_classes(out_x, requested[start:stop], ranked)
 
             def part(j: Any) -> TensorDict:
                 a, w = alphas[j * points : (j + 1) * points], weights[j * points : (j + 1) * points]
@@ -701,24 +728,41 @@ class IntegratedGradients:
           keys: Example keys [B]; random_uniform baselines are a function of key and seed. Default:
             the row index within this call (then draws depend on the batch; pass keys in pipelines).
           baselines: Per-example baselines for baseline kind 'array' ([B, ...] or [B, S, ...]).
-          targets: Per-example class indices [B] (or one int), overriding the target spec.
+          targets: Per-example class indices [B] (or one int), overriding the target spec (not
+            with target kinds top_k and indices).
 
         Returns:
-          An `Attribution`.
+          An `Attribution`; with target kinds top_k and indices, of B * K rows (`output_ranks`).
 
         Raises:
           ValueError: missing inputs, inconsistent shapes, out-of-range targets, bad baselines.
         """
         arrays, n = self._prepare_inputs(inputs)
-        requested = self._requested_targets(arrays, n, targets)
+        if self.target.multi and targets is not None:
+            raise ValueError(
+                f"targets=... cannot be combined with target kind {self.target.kind!r}"
+            )
+        requested = None if self.target.multi else self._requested_targets(arrays, n, targets)
         if keys is None:
             keys = np.array([str(i) for i in range(n)], dtype=object)
         keys = np.asarray(keys, dtype=object)
         if keys.shape != (n,):
             raise ValueError(f"keys must have one entry per example ({n}), got shape {keys.shape}")
+        ranks = None
+        if self.target.multi:
+            # One row per (example, explained output): each example repeated K times, with its
+            # key, each copy asking for one output (see `attribution.multi_output`).
+            per = self.target.outputs_per_example
+            requested, ranks = requested_rows(self.target, n)
+            arrays, keys = repeat_rows(arrays, per), repeat_rows(keys, per)
+            if baselines is not None:
+                baselines = repeat_rows(baselines, per)
+            n *= per
         provided = self._provided_baselines(baselines, n)
         if n == 0:
-            return self._empty()
+            result = self._empty()
+            result.output_ranks = ranks
+            return result
         layout = self.layout()
         model_inputs = {k: arrays[k] for k in self.input_specs}
         rest = {k: v for k, v in model_inputs.items() if k not in self.attributed_specs}
@@ -763,7 +807,7 @@ class IntegratedGradients:
             {k: out[BASELINES + k].reshape(n * samples, -1) for k in layout.groups}
         )
         used = {k: v.reshape((n, samples, *v.shape[1:])) for k, v in flat.items()}
-        return self._result(
+        result = self._result(
             attributions,
             out["prediction"],
             out["baseline_prediction"],
@@ -771,6 +815,8 @@ class IntegratedGradients:
             out["target"],
             used,
         )
+        result.output_ranks = ranks
+        return result
 
     def _result(
         self,
