@@ -352,7 +352,7 @@ def test_pipeline_top_k_rows_accounting_and_statistics(workspace, tmp_path):
     first = frame[frame.output_rank == 0]
     features = pq.read_table(out / "statistics" / "features.parquet").to_pandas()
     mean_all = features[(features.slice_name == "all") & (features.feature == "f0")]
-    assert mean_all.iloc[0].count == N
+    assert mean_all.iloc[0]["count"] == N
     assert mean_all.iloc[0].mean_attributions == pytest.approx(first.attr_f0.mean(), abs=1e-9)
 
 
