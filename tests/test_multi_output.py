@@ -29,6 +29,7 @@ from attribution import (
     Baseline,
     IntegratedGradients,
     ModelAdapter,
+    ModelConfig,
     SettingsError,
     Target,
     export_integrated_gradients,
@@ -440,3 +441,23 @@ def test_statistics_count_examples_once_per_overall_slice():
     features = {(r["slice_name"], r["slice_value"]): r for r in stats.features.to_pylist()}
     assert features[("all", "")]["mean_attributions"] == pytest.approx(2.0)  # a/0 and b/0
     assert features[("target", "0")]["mean_attributions"] == pytest.approx(6.5)  # a/1, b/0
+
+
+def test_display_names_stay_out_of_the_fingerprint(tmp_path):
+    from pipeline.fingerprint import differences, fingerprint
+
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"model")
+    plain = AttributionConfig(steps=16)
+    named = AttributionConfig(steps=16, display_names=("a", "b"))
+    first = fingerprint(ModelConfig(path=str(model)), plain, ["x"], "1")
+    second = fingerprint(ModelConfig(path=str(model)), named, ["x"], "1")
+    assert "display_names" not in first["attribution"]
+    assert differences(first, second) == []
+    other = fingerprint(
+        ModelConfig(path=str(model)),
+        AttributionConfig(steps=16, target=Target("top_k", k=2)),
+        ["x"],
+        "1",
+    )
+    assert differences(first, other)  # the target does change attributions
