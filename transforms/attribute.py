@@ -596,6 +596,10 @@ class AttributeBatchDoFn(beam.DoFn):
                 self._layout.append((name, per, shape, spec.dtype.as_numpy_dtype))
         return self._layout
 
+    def _display_names(self) -> tuple[str, ...] | None:
+        """`attribution.display_names` of the spec (None: no `output_name` column)."""
+        return getattr(getattr(self._spec, "attribution", None), "display_names", None)
+
     def _attribute(self, rows: _Rows) -> Iterator[tuple[np.ndarray, Any, str]]:
         """Yields (positions, Attribution or None, reason); splits failing batches in halves."""
         try:
@@ -607,7 +611,7 @@ class AttributeBatchDoFn(beam.DoFn):
             )
             if not finite:
                 raise FloatingPointError("the model produced NaN or Inf outputs or gradients")
-            names = self._spec.attribution.display_names
+            names = self._display_names()
             if names is not None:  # an output index without a name (width known only now)
                 display_names_of(names, result.targets)
             yield rows.index, result, ""
@@ -645,7 +649,7 @@ class AttributeBatchDoFn(beam.DoFn):
         if OUTPUT_RANK_COLUMN in self._output_schema.names:
             columns[OUTPUT_RANK_COLUMN] = pa.array(result.output_ranks, pa.int32())
         if OUTPUT_NAME_COLUMN in self._output_schema.names:
-            names = display_names_of(self._spec.attribution.display_names, result.targets)
+            names = display_names_of(self._display_names(), result.targets)
             columns[OUTPUT_NAME_COLUMN] = pa.array(names, pa.string())
         attributions = result.attributions
         if not isinstance(attributions, Mapping):
