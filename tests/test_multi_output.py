@@ -153,6 +153,34 @@ def test_random_baselines_are_those_of_the_fixed_run(model, x):
             )
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"jit_compile": True},  # XLA pads calls: expanded rows, one path per row
+        {"max_rows_per_call": 8},  # the path split over several gradient calls
+        {"max_rows_per_call": 40},  # fewer examples per call than outputs per example
+    ],
+)
+def test_shared_and_expanded_paths_agree(model, x, options):
+    """One forward pass per example for its K outputs (`shared_paths`) = K expanded rows."""
+    target = Target(kind="top_k", k=3)
+    shared = IntegratedGradients(model, steps=STEPS, target=target)
+    assert shared.shared_paths
+    other = IntegratedGradients(model, steps=STEPS, target=target, **options)
+    assert other.shared_paths == ("jit_compile" not in options)
+    a, b = shared.attribute(x), other.attribute(x)
+    np.testing.assert_array_equal(a.targets, b.targets)
+    np.testing.assert_allclose(a.attributions, b.attributions, atol=1e-6)
+    np.testing.assert_allclose(a.deltas, b.deltas, atol=1e-6)
+    with_samples = IntegratedGradients(
+        model,
+        steps=4,
+        target=target,
+        baseline=Baseline(kind="random_uniform", low=0.0, high=1.0, samples=2),
+    )
+    assert not with_samples.shared_paths  # rows of an example differ by baseline sample
+
+
 def test_top_k_ties_go_to_the_lower_index():
     """A model whose outputs tie exactly: ranks follow the index."""
     inp = keras.Input((2,), name="x")
