@@ -12,8 +12,10 @@ points, zeros baseline, the top K classes of each example, batches of 256 exampl
   batched into one).
 * ``jacobian, K tapes``: one forward pass under a persistent tape, K `tape.gradient` calls.
 
-Plus the engine itself: `IntegratedGradients(..., target=top_k k=K)` against `predicted`
-(K = 1), examples/s over the same data (so the cost per explained output shows).
+Plus the engine itself: `IntegratedGradients(..., target=top_k k=K)` as it runs (``engine``:
+one forward pass per example's path, K backward passes, `shared_paths`), the same engine made
+to expand rows (``engine_expand``: `shared_paths` off), and `predicted` (``engine_k1``, K = 1),
+examples/s over the same data (so the cost per explained output shows).
 
 The kernels run in the same pass over the data, rotating their order batch by batch, repeats
 interleaved; medians are reported. Correctness (outside the timings): every kernel's
@@ -178,7 +180,19 @@ def main(argv: list[str] | None = None) -> int:
             for k in ks
         },
     }
-    for engine in engines.values():  # traced before timing
+    expanded = {
+        k: IntegratedGradients(
+            adapter,
+            steps=steps,
+            method=METHOD,
+            max_rows_per_call=16384,
+            target=Target(kind="top_k", k=k),
+        )
+        for k in ks
+    }
+    for engine in expanded.values():
+        engine.shared_paths = False  # read when the engine traces: expanded rows
+    for engine in [*engines.values(), *expanded.values()]:  # traced before timing
         engine.attribute({k: v[:BATCH_SIZE] for k, v in columns.items()}, keys=keys[:BATCH_SIZE])
 
     def engine_time(engine: IntegratedGradients) -> float:
@@ -205,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         agreement["engine"] = float(
             np.abs(engine_attr.reshape(n, k, NUM_FEATURES) - reference).max() / scale
         )
-        times: dict[str, list[float]] = {name: [] for name in [*fns, "engine", "engine_k1"]}
+        expand_out = expanded[k].attribute(columns, keys=keys)
+        agreement["engine_expand_vs_engine"] = float(
+            np.abs(expand_out.deltas - engine_out.deltas).max()
+        )
+        runs = ["engine", "engine_expand", "engine_k1"]
+        times: dict[str, list[float]] = {name: [] for name in [*fns, *runs]}
         names = list(fns)
         for _ in range(args.repeats):
             spent = dict.fromkeys(names, 0.0)
@@ -218,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 times[name].append(spent[name])
             times["engine"].append(engine_time(engines[k]))
+            times["engine_expand"].append(engine_time(expanded[k]))
             times["engine_k1"].append(engine_time(engines[1]))
         median = {name: statistics.median(t) for name, t in times.items()}
         rate = {name: round(n / t, 1) for name, t in median.items()}
@@ -227,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             "jacobian_over_expand": round(median[EXPAND] / median[JACOBIAN], 3),
             "tapes_over_expand": round(median[EXPAND] / median[TAPES], 3),
             "engine_cost_vs_k1": round(median["engine"] / median["engine_k1"], 3),
+            "engine_expand_cost_vs_k1": round(median["engine_expand"] / median["engine_k1"], 3),
+            "engine_speedup_vs_expand": round(median["engine_expand"] / median["engine"], 3),
             "max_rel_difference_vs_expand": agreement,
         }
         print(f"K={k}: examples/s {rate}")
