@@ -385,6 +385,21 @@ def test_pipeline_top_k_rows_accounting_and_statistics(workspace, tmp_path):
     assert mean_all.iloc[0].mean_attributions == pytest.approx(first.attr_f0.mean(), abs=1e-9)
 
 
+def test_report_and_compare_of_a_top_k_run(workspace, tmp_path):
+    """The HTML report reads rank-0 rows; compare of two such runs finds them comparable."""
+    from pipeline.compare import compare_runs
+    from pipeline.report import write_report
+
+    root, _ = workspace
+    _run(root, tmp_path / "a", {"kind": "top_k", "k": 2})
+    _run(root, tmp_path / "b", {"kind": "top_k", "k": 2})
+    written = write_report(str(tmp_path / "a"), str(tmp_path / "report.html"))
+    assert (tmp_path / "report.html").stat().st_size > 0 and written
+    comparison = compare_runs(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert comparison.fingerprint_differences == [] and comparison.anomalies == []
+    assert comparison.measurements  # the slices were compared
+
+
 def test_overall_statistics_equal_the_single_output_run(workspace, tmp_path):
     """top_k's `all` slice holds rank-0 rows: the same as a run with target predicted."""
     root, _ = workspace
