@@ -504,3 +504,25 @@ def test_display_names_stay_out_of_the_fingerprint(tmp_path):
         "1",
     )
     assert differences(first, other)  # the target does change attributions
+
+
+def test_cli_export_and_steps_auto_refused_in_one_line(workspace, tmp_path, capsys):
+    import yaml
+
+    from pipeline.cli import main
+
+    root, _ = workspace
+    config = workspace_config(root, tmp_path / "out")
+    config["attribution"]["target"] = {"kind": "indices", "values": [1, 0]}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["export", "--config", str(path), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "attribution.target.kind: indices cannot be exported" in err and "\n" not in err
+    assert not (tmp_path / "e" / "saved_model.pb").exists()
+    config["attribution"]["steps"] = "auto"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "attribution.steps: auto is not supported with target kind indices" in err
+    assert "\n" not in err
