@@ -433,18 +433,22 @@ def test_pipeline_indices_with_dead_letters_accounts_examples(workspace, tmp_pat
         )
         for i in range(6)
     ]
-    write_records(pattern / "a.tfrecord", [*good[:3], b"not an example", *good[3:]])
+    # g0 twice: a real duplicate key, counted once per example, not once per output row.
+    write_records(pattern / "a.tfrecord", [*good[:3], b"not an example", *good[3:], good[0]])
     config = workspace_config(root, tmp_path / "out", max_dead_letter_fraction=0.5)
     config["input"]["pattern"] = str(pattern / "*.tfrecord")
     config["attribution"]["target"] = {"kind": "indices", "values": [2, 1]}
     summary = run_job(parse_config(config))
-    assert summary["counts"]["records_read"] == 7
-    assert summary["counts"]["examples_attributed"] == 6
+    assert summary["counts"]["records_read"] == 8
+    assert summary["counts"]["examples_attributed"] == 7
     assert summary["counts"]["dead_letters"] == 1
     assert summary["accounting"]["balanced"] is True
-    assert summary["accounting"]["attribution_rows"] == 12
+    assert summary["accounting"]["attribution_rows"] == 14
+    assert summary["counts"]["duplicate_keys"] == 1
+    duplicates = pq.read_table(tmp_path / "out" / "duplicate_keys").to_pylist()
+    assert duplicates == [{"key": "g0", "count": 2}]
     frame = read_attributions(tmp_path / "out")
-    assert list(frame.target) == [2, 1] * 6
+    assert list(frame.target) == [2, 1] * 7
 
 
 def test_plan_refuses_bad_k_and_display_names_before_beam(workspace, tmp_path):
