@@ -42,6 +42,7 @@ __all__ = [
     "Check",
     "Choice",
     "Function",
+    "Indices",
     "Integer",
     "IntegerOrWord",
     "Names",
@@ -51,6 +52,7 @@ __all__ = [
     "Positive",
     "Section",
     "SettingsError",
+    "Strings",
     "Text",
     "check_value",
     "choices",
@@ -275,6 +277,35 @@ class Names(Check):
             if name in seen:
                 raise SettingsError(f"duplicate feature {name!r}", key)
             seen.add(name)
+        return tuple(value)
+
+
+class Indices(Check):
+    """A non-empty list of distinct integers >= 0 (output indices), returned as a tuple."""
+
+    def __call__(self, value: Any, key: str, api: bool) -> tuple[int, ...]:
+        if not isinstance(value, list | tuple) or not value:
+            raise SettingsError(
+                f"must be a non-empty list of output indices, got {show(value)}", key
+            )
+        for i, v in enumerate(value):
+            if not _is_int(v) or v < 0:
+                raise SettingsError(f"must be an integer >= 0, got {show(v)}", f"{key}[{i}]")
+        if len(set(value)) != len(value):
+            repeated = sorted({int(v) for v in value if list(value).count(v) > 1})
+            raise SettingsError(f"indices must be distinct; repeated {repeated}", key)
+        return tuple(int(v) for v in value)
+
+
+class Strings(Check):
+    """A non-empty list of strings (display names), returned as a tuple."""
+
+    def __call__(self, value: Any, key: str, api: bool) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not value:
+            raise SettingsError(f"must be a non-empty list of strings, got {show(value)}", key)
+        for i, v in enumerate(value):
+            if not isinstance(v, str):
+                raise SettingsError(f"must be a string, got {show(v)}", f"{key}[{i}]")
         return tuple(value)
 
 

@@ -258,6 +258,12 @@ class _SignatureBuilder:
         return (inner.num_elements() if inner.is_fully_defined() else None), selected.dtype
 
     def _check_target(self) -> None:
+        if self.target.multi:
+            raise ValueError(
+                f"attribution.target.kind: {self.target.kind} cannot be exported (the "
+                "integrated_gradients signature returns one row per example); export with kind "
+                "predicted or index"
+            )
         if self.classes is not None:
             fixed = self.target.value if self.target.kind == "index" else None
             check_classes(self.target, self.engine.output, self.classes, fixed)

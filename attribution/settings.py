@@ -30,6 +30,7 @@ from attribution.fields import (
     Check,
     Choice,
     Function,
+    Indices,
     Integer,
     IntegerOrWord,
     Names,
@@ -39,6 +40,7 @@ from attribution.fields import (
     Positive,
     Section,
     SizeOrWord,
+    Strings,
     Text,
     default_of,
     parse,
@@ -55,6 +57,7 @@ __all__ = [
     "FEATURES",
     "KEYED_BASELINE_KINDS",
     "METHODS",
+    "MULTI_TARGET_KINDS",
     "REFERENCE_STATISTICS",
     "TARGET_KINDS",
     "AttributionConfig",
@@ -99,8 +102,12 @@ KEYED_BASELINE_KINDS = ("random_uniform", "expected_gradients")
 """Baseline kinds whose values depend on each example's key (a SavedModel export of them takes
 a `keys` input)."""
 
-TARGET_KINDS = ("predicted", "index", "label", "scalar", "callable")
+TARGET_KINDS = ("predicted", "index", "label", "scalar", "top_k", "indices", "callable")
 """Target kinds; `callable` (a TensorFlow function of the output) is Python-only."""
+
+MULTI_TARGET_KINDS = ("top_k", "indices")
+"""Target kinds that explain several outputs per example (one result row per explained output,
+see `attribution.multi_output`)."""
 
 FEATURES = Names(nullable=True, allow_empty=False, hint=" (use null for every model input)")
 """The check of an attributed-features list (None means every model input)."""
@@ -342,6 +349,10 @@ class Target:
       index      a fixed class index `value`.
       label      the class given per example by the input feature `feature` (e.g. the label).
       scalar     the model's single output (regression, sigmoid); the output must have width 1.
+      top_k      the `k` highest-scoring classes of F(x), highest first (ties: lower index
+                 first); one result row per (example, class).
+      indices    the fixed classes `values` (distinct), in list order; one result row per
+                 (example, class).
       callable   (Python) `fn(output) -> [N]`, a TensorFlow function of the selected output
                  tensor [N, C] evaluated at every point on the path.
     """
@@ -351,9 +362,27 @@ class Target:
     )
     value: int | None = setting(None, check=Integer(0), kinds={"index": REQUIRED_FOR_KIND})
     feature: str | None = setting(None, check=Text(), kinds={"label": REQUIRED_FOR_KIND})
+    k: int | None = setting(None, check=Integer(1), kinds={"top_k": REQUIRED_FOR_KIND})
+    values: tuple[int, ...] | None = setting(
+        None, check=Indices(), kinds={"indices": REQUIRED_FOR_KIND}
+    )
     fn: Callable[[Any], Any] | None = setting(
         None, check=Function(), kinds={"callable": REQUIRED_FOR_KIND}, config=False
     )
+
+    @property
+    def outputs_per_example(self) -> int:
+        """Outputs explained per example: `k`, the number of `values`, or 1."""
+        if self.kind == "top_k":
+            return int(self.k)
+        if self.kind == "indices":
+            return len(self.values)
+        return 1
+
+    @property
+    def multi(self) -> bool:
+        """Whether results have one row per (example, explained output) (`MULTI_TARGET_KINDS`)."""
+        return self.kind in MULTI_TARGET_KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,6 +469,7 @@ class AttributionConfig:
       text: Token features at `layer` (`attribution.text_settings.TextConfig`): padding
         positions held at their input (attribution exactly 0) and the token strings written
         beside the scores; None: no padding (unless the layer is an `Embedding(mask_zero=True)`).
+      display_names: Optional display name per output index (`output_name` column).
     """
 
     method: str = setting("gausslegendre", check=Choice(METHODS, "method"))
@@ -459,6 +489,7 @@ class AttributionConfig:
         return 1 if self.smoothgrad is None else self.smoothgrad.samples
 
     text: TextConfig | None = setting(None, check=Section(TextConfig))
+    display_names: tuple[str, ...] | None = setting(None, check=Strings())
 
     @property
     def adaptive(self) -> bool:
@@ -485,6 +516,12 @@ class AttributionConfig:
                 key("text"),
             )
         if self.adaptive:
+            if self.target.multi:
+                raise SettingsError(
+                    f"auto is not supported with target kind {self.target.kind} (several "
+                    "outputs per example); give an integer",
+                    key("steps"),
+                )
             if self.method not in ADAPTIVE_METHODS:
                 raise SettingsError(
                     f"auto needs method {' or '.join(ADAPTIVE_METHODS)}, not {self.method}; "

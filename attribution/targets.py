@@ -2,7 +2,9 @@
 
 The kinds are `attribution.settings.Target`'s. These functions are traced into the engine's
 compiled function and into the SavedModel export's signature alike. A requested class of -1 means
-"the arg-max of F(x)" (kind 'predicted').
+"the arg-max of F(x)" (kind 'predicted'); more generally -(r + 1) means "the class of rank r in
+F(x)" (rank 0 the highest score; ties go to the lower index), which kind 'top_k' requests for
+ranks 0..k-1 (see `attribution.multi_output`).
 """
 
 from __future__ import annotations
@@ -63,14 +65,28 @@ def requested_classes(
         return tf.cast(label, tf.int32)
 
 
-def select_classes(out: tf.Tensor, requested: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def select_classes(
+    out: tf.Tensor, requested: tf.Tensor, ranked: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
     """(chosen, safe): the explained class per row of `out` [n, C], int32 [n] each.
 
-    `chosen` is the request, or the arg-max where it is -1; it may be >= C (the caller reports
-    that). `safe` is `chosen` with out-of-range classes replaced by 0, for gathering.
+    `chosen` is the request, or the arg-max where it is -1; with `ranked` (kind 'top_k'), the
+    class of rank r where the request is -(r + 1) (descending scores, ties to the lower index,
+    as the arg-max; a rank >= C gives C + r). It may be >= C (the caller reports that). `safe`
+    is `chosen` with out-of-range classes replaced by 0, for gathering.
     """
-    argmax = tf.argmax(out, axis=1, output_type=tf.int32)
-    chosen = tf.where(requested < 0, argmax, requested)
+    if ranked:
+        width = tf.shape(out)[1]
+        rank = -requested - 1
+        # A stable descending sort keeps equal scores in index order (tf.math.top_k's order).
+        order = tf.argsort(out, axis=1, direction="DESCENDING", stable=True)
+        order = tf.cast(order, tf.int32)
+        picked = tf.gather(order, tf.clip_by_value(rank, 0, width - 1), axis=1, batch_dims=1)
+        by_rank = tf.where(rank < width, picked, width + rank)
+        chosen = tf.where(requested < 0, by_rank, requested)
+    else:
+        argmax = tf.argmax(out, axis=1, output_type=tf.int32)
+        chosen = tf.where(requested < 0, argmax, requested)
     safe = tf.where(chosen < tf.shape(out)[1], chosen, tf.zeros_like(chosen))
     return chosen, safe
 
@@ -98,6 +114,15 @@ def check_classes(target: Target, output: str, classes: int, largest: int | None
         raise ValueError(
             f"target kind 'scalar' needs an output of width 1; output {output!r} has "
             f"{classes}: use 'predicted', 'index' or 'label'"
+        )
+    if target.kind == "top_k" and target.k > classes:
+        raise ValueError(
+            f"target.k: must be <= the {classes} classes of output {output!r}, got {target.k}"
+        )
+    if target.kind == "indices" and max(target.values) >= classes:
+        raise ValueError(
+            f"target.values: class {max(target.values)} is out of range: output {output!r} has "
+            f"{classes} classes (0..{classes - 1})"
         )
     if largest is not None and largest >= classes:
         raise ValueError(

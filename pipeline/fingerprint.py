@@ -97,11 +97,18 @@ def fingerprint(
         "model_sha256": path_digest(model.path),
         "model_signature": model.signature,
         "preprocess_sha256": path_digest(model.preprocess_path) if model.preprocess_path else None,
-        "attribution": None if from_export else to_dict(attribution),
+        "attribution": None if from_export else _compared_settings(attribution),
         "attributed": list(attributed),
         "model_path": model.path,
         "igbeam": igbeam_version,
     }
+
+
+def _compared_settings(attribution: AttributionConfig) -> dict[str, Any]:
+    """The attribution settings that change attributions: display names only rename outputs."""
+    settings = to_dict(attribution)
+    settings.pop("display_names", None)
+    return settings
 
 
 def differences(baseline: dict[str, Any] | None, current: dict[str, Any] | None) -> list[str]:

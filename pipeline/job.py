@@ -228,6 +228,8 @@ def plan_job(config: JobConfig) -> Plan:
             input_features,
             adaptive=getattr(loaded, "adaptive", False),
             token_layers=token_layers,
+            output_rank=config.attribution.target.multi,
+            output_name=config.attribution.display_names is not None,
         )
     except ValueError as err:
         raise JobError(f"attribution: {err}") from err
@@ -663,13 +665,21 @@ def run_job(
             FEATURE_STATS_SCHEMA.empty_table(), SLICE_STATS_SCHEMA.empty_table()
         )
         write_statistics(_join(out, STATISTICS_DIR), empty)
-    attributed_rows, attribution_files = _parquet_rows(_join(out, ATTRIBUTIONS_DIR, "*.parquet"))
+    attribution_rows, attribution_files = _parquet_rows(_join(out, ATTRIBUTIONS_DIR, "*.parquet"))
+    # Target kinds top_k and indices write K rows per example: the accounting counts examples.
+    per_example = config.attribution.target.outputs_per_example
+    attributed_rows = attribution_rows // per_example
     dead_rows, _ = _parquet_rows(_join(out, DEAD_LETTER_DIR, "*.parquet"))
     duplicate_rows, _ = _parquet_rows(_join(out, DUPLICATE_KEYS_DIR, "*.parquet"))
     counters = _counters(result)
     versions = library_versions()
     counted = _read_counts(out)
     accounting = _accounting(counted["counts"], counters, attributed_rows, dead_rows)
+    if config.attribution.target.multi:
+        accounting["attribution_rows"] = attribution_rows
+        accounting["outputs_per_example"] = per_example
+        if attribution_rows != attributed_rows * per_example and accounting["checked"]:
+            accounting["balanced"] = False  # an example with fewer rows than explained outputs
     wall = time.time() - start
     dead_by_stage = {
         stage: counted["counts"].get("dead_letters_" + stage, 0) for stage in DEAD_LETTER_COUNTERS

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from attribution.errors import one_line
@@ -137,6 +138,8 @@ class _RunData:
         self.path = path
         self.summary = self.run.summary
         self.sample = _read_head(_join(path, "attributions"), sample_rows)
+        if "output_rank" in self.sample.column_names:  # top_k/indices: one row per example
+            self.sample = self.sample.filter(pc.equal(self.sample.column("output_rank"), 0))
         self.dead = _read_head(
             _join(path, "dead_letter"),
             sample_rows,

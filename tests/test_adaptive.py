@@ -53,6 +53,7 @@ def test_fixed_steps_are_unchanged():
         "output",
         "baseline",
         "target",
+        "display_names",  # output names only: the fingerprint leaves it out
     }
 
 

@@ -142,7 +142,7 @@ def test_constants():
         "reference",
         "expected_gradients",
     )
-    assert TARGET_KINDS == ("predicted", "index", "label", "scalar")
+    assert TARGET_KINDS == ("predicted", "index", "label", "scalar", "top_k", "indices")
 
 
 def test_config_error_is_value_error_with_key():
@@ -222,6 +222,8 @@ def test_every_baseline_kind_round_trips(baseline):
         {"kind": "index", "value": 3},
         {"kind": "label", "feature": "label"},
         {"kind": "scalar"},
+        {"kind": "top_k", "k": 2},
+        {"kind": "indices", "values": [2, 0]},
     ],
 )
 def test_every_target_kind_round_trips(target):

@@ -33,6 +33,7 @@ from attribution.adaptive import AdaptiveIntegratedGradients
 from attribution.budget import AUTO, BatchPlan
 from attribution.engine import Attribution
 from attribution.errors import one_line
+from attribution.multi_output import display_names_of
 from attribution.savedmodel import IG_SIGNATURE, ExportedAttributor
 from attribution.settings import ModelConfig
 from transforms import progress, stages
@@ -48,6 +49,8 @@ from transforms.constants import (
     METRICS_NAMESPACE,
     MODEL_FAILURES,
     MODEL_LOADS,
+    OUTPUT_NAME_COLUMN,
+    OUTPUT_RANK_COLUMN,
     STAGE_DECODE,
     STAGE_MODEL,
     STAGE_VALIDATE,
@@ -149,6 +152,11 @@ class EngineSpec:
         """
         configure_threads(self.threads)
         model = self.model
+        if model.signature == IG_SIGNATURE and self.attribution.target.multi:
+            raise ValueError(
+                f"target.kind: {self.attribution.target.kind} needs the trained model; an igbeam "
+                "export explains one output per example"
+            )
         if model.signature == IG_SIGNATURE:
             return LoadedExport(ExportedAttributor(model.path), self.batch_size)
         adapter = load_model(model.path, signature=model.signature, safe_mode=model.safe_mode)
@@ -345,6 +353,8 @@ def attribution_schema(
     *,
     adaptive: bool = False,
     token_layers: Sequence[str] = (),
+    output_rank: bool = False,
+    output_name: bool = False,
 ) -> pa.Schema:
     """The explicit Arrow schema of the per-example results.
 
@@ -354,6 +364,10 @@ def attribution_schema(
     feature (float64 for a scalar, list<float64> for a vector; per-token scores for a layer, null
     at padding positions); `tokens_<layer>` (list<string>) for each of `token_layers` (see
     `transforms.text`); then
+    columns with fixed steps, whose number is the config's); with `output_rank` (target kinds
+    top_k and indices: one row per example and explained output) `output_rank` (int32); with
+    `output_name` (display names) `output_name` (string); `attr_<name>` per attributed
+    feature (float64 for a scalar, list<float64> for a vector; per-token scores for a layer); then
     the pass-through features (a scalar when the schema fixes one value per example, else a list;
     bytes become UTF-8 strings; null when missing); then `in_<name>`, the input value of each of
     `input_features` (attributed features read from the examples), typed like a pass-through.
@@ -362,6 +376,10 @@ def attribution_schema(
     if adaptive:
         fields.append(pa.field(STEPS_COLUMN, pa.int32(), nullable=False))
         fields.append(pa.field(WITHIN_TOLERANCE_COLUMN, pa.bool_(), nullable=False))
+    if output_rank:
+        fields.append(pa.field(OUTPUT_RANK_COLUMN, pa.int32(), nullable=False))
+    if output_name:
+        fields.append(pa.field(OUTPUT_NAME_COLUMN, pa.string(), nullable=False))
     for name, size in attributed_sizes.items():
         value = pa.float64() if size == 1 else pa.list_(pa.float64())
         fields.append(pa.field(ATTRIBUTION_PREFIX + name, value, nullable=False))
@@ -599,6 +617,10 @@ class AttributeBatchDoFn(beam.DoFn):
                 self._layout.append((name, per, shape, spec.dtype.as_numpy_dtype))
         return self._layout
 
+    def _display_names(self) -> tuple[str, ...] | None:
+        """`attribution.display_names` of the spec (None: no `output_name` column)."""
+        return getattr(getattr(self._spec, "attribution", None), "display_names", None)
+
     def _attribute(self, rows: _Rows) -> Iterator[tuple[np.ndarray, Any, str]]:
         """Yields (positions, Attribution or None, reason); splits failing batches in halves."""
         try:
@@ -610,6 +632,9 @@ class AttributeBatchDoFn(beam.DoFn):
             )
             if not finite:
                 raise FloatingPointError("the model produced NaN or Inf outputs or gradients")
+            names = self._display_names()
+            if names is not None:  # an output index without a name (width known only now)
+                display_names_of(names, result.targets)
             yield rows.index, result, ""
             return
         except Exception as err:  # noqa: BLE001 - every failure is retried or dead-lettered
@@ -629,6 +654,9 @@ class AttributeBatchDoFn(beam.DoFn):
         result: Any,
         inputs: Mapping[str, np.ndarray],
     ) -> pa.RecordBatch:
+        if len(result) != len(index):  # K rows per example (target kinds top_k, indices)
+            per = len(result) // len(index)
+            index, keys = np.repeat(index, per), np.repeat(keys, per)
         columns: dict[str, pa.Array] = {
             KEY_COLUMN: pa.array(list(keys), pa.string()),
             "target": pa.array(result.targets, pa.int64()),
@@ -639,6 +667,11 @@ class AttributeBatchDoFn(beam.DoFn):
         if STEPS_COLUMN in self._output_schema.names:
             columns[STEPS_COLUMN] = pa.array(result.steps_used, pa.int32())
             columns[WITHIN_TOLERANCE_COLUMN] = pa.array(result.within_tolerance, pa.bool_())
+        if OUTPUT_RANK_COLUMN in self._output_schema.names:
+            columns[OUTPUT_RANK_COLUMN] = pa.array(result.output_ranks, pa.int32())
+        if OUTPUT_NAME_COLUMN in self._output_schema.names:
+            names = display_names_of(self._display_names(), result.targets)
+            columns[OUTPUT_NAME_COLUMN] = pa.array(names, pa.string())
         attributions = result.attributions
         if not isinstance(attributions, Mapping):
             attributions = {self._loaded.attributed_names[0]: attributions}

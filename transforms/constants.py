@@ -41,6 +41,8 @@ ATTRIBUTION_PREFIX = "attr_"  # attr_<feature>: one column per attributed featur
 INPUT_PREFIX = "in_"  # in_<feature>: the attributed feature's input value (output.input_values)
 STEPS_COLUMN = "steps"  # with attribution.steps auto: the steps each example used (int32)
 WITHIN_TOLERANCE_COLUMN = "within_tolerance"  # with auto: relative error <= tolerance (bool)
+OUTPUT_RANK_COLUMN = "output_rank"  # target kinds top_k/indices: rank of the row's output (int32)
+OUTPUT_NAME_COLUMN = "output_name"  # with attribution.display_names: the output's name (string)
 
 # Counts of adaptive steps (counts.json): STEPS_USED_PREFIX + "<steps>" examples each, and those
 # still above tolerance at max_steps.

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -43,6 +44,7 @@ from transforms.constants import (
     HISTOGRAMS_FILE,
     INPUT_STATISTICS_FILE,
     KEY_COLUMN,
+    OUTPUT_RANK_COLUMN,
     SLICE_REPLICATES_FILE,
     SLICE_STATISTICS_FILE,
     STATISTICS_DIR,
@@ -85,10 +87,20 @@ def write_parquet_file(path: str, table: pa.Table) -> None:
         f.write(buffer.getvalue())
 
 
+def _first_rows(table: pa.Table) -> pa.Table:
+    """One row per example: with several explained outputs (`output_rank`), the rank-0 rows."""
+    if OUTPUT_RANK_COLUMN not in table.column_names:
+        return table
+    return table.filter(pc.equal(table.column(OUTPUT_RANK_COLUMN), 0))
+
+
 def _key_buckets(table: pa.Table) -> Iterator[tuple[int, list[str]]]:
-    """(bucket, keys) per stable key-hash bucket: duplicates meet in one bucket."""
+    """(bucket, keys) per stable key-hash bucket: duplicates meet in one bucket.
+
+    An example explained for several outputs counts once (its rank-0 row).
+    """
     buckets: dict[int, list[str]] = {}
-    for key in table.column(KEY_COLUMN).to_pylist():
+    for key in _first_rows(table).column(KEY_COLUMN).to_pylist():
         buckets.setdefault(zlib.crc32(key.encode()) % KEY_BUCKETS, []).append(key)
     return iter(buckets.items())
 
@@ -140,11 +152,18 @@ accumulator as they come, and the merged accumulator crosses one shuffle, not tw
 holds a few encoded copies of it at once: the end-of-run peak)."""
 
 
+def _examples(batch: pa.RecordBatch) -> int:
+    """Examples in a batch of results: rows, or rank-0 rows with several outputs per example."""
+    if OUTPUT_RANK_COLUMN not in batch.schema.names:
+        return batch.num_rows
+    return int(pc.sum(pc.equal(batch.column(OUTPUT_RANK_COLUMN), 0)).as_py() or 0)
+
+
 def _counts(block: AttributedBlock) -> dict[str, int]:
     counts = collections.Counter(
         {
             "records_read": block.records_read,
-            "examples_attributed": sum(b.num_rows for b in block.results),
+            "examples_attributed": sum(_examples(b) for b in block.results),
             "dead_letters": len(block.dead_letters),
             "files_read": int(block.last),
             "blocks": 1,

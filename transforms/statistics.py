@@ -35,6 +35,11 @@ KLL sketch (`transforms.sketches`, <= 12 KB each); top values from
 Slices. Every example belongs to the overall slice ``("all", "")``; to one slice per configured
 slice spec (a list of pass-through column names, e.g. ``["country", "device"]`` gives
 ``("country,device", "DE,mobile")``); and, with ``slice_by_target``, to ``("target", "3")``.
+With several explained outputs per example (target kinds ``top_k`` and ``indices``: K rows per
+example and an ``output_rank`` column), the overall slice and the configured slices take each
+example's rank-0 row only (so they count examples once, and hold what a single-output run of
+the first explained output holds), while each row counts in the ``target`` slice of its own
+output (an example is in the slice of every class it was explained for, once each).
 Null slice values become ``"<null>"``; other values are rendered with Python's ``str`` (bytes
 are decoded as UTF-8). Values containing ``","`` make multi-column slice values ambiguous to read
 back but are still kept apart.
@@ -65,7 +70,7 @@ import pyarrow.compute as pc
 from tfx_bsl.sketches import KmvSketch, MisraGriesSketch
 
 from attribution.fields import default_of
-from transforms.constants import ATTRIBUTION_PREFIX
+from transforms.constants import ATTRIBUTION_PREFIX, OUTPUT_RANK_COLUMN
 from transforms.settings import StatisticsConfig
 from transforms.sketches import KllSketch, k_for
 
@@ -1046,10 +1051,12 @@ class AttributionStatsCombineFn(beam.CombineFn):
         )
         return hashes % self._replicates
 
-    def _groupings(self, batch: pa.RecordBatch) -> list[_Grouping]:
+    def _groupings(
+        self, batch: pa.RecordBatch, overall: bool = True, target: bool = True
+    ) -> list[_Grouping]:
         num_rows = batch.num_rows
-        raw = [(ALL_SLICE[0], np.zeros(num_rows, np.int64), [ALL_SLICE[1]])]
-        for spec in self._specs:
+        raw = [(ALL_SLICE[0], np.zeros(num_rows, np.int64), [ALL_SLICE[1]])] if overall else []
+        for spec in self._specs if overall else ():
             per_column = []
             for name in spec:
                 _require_column(batch, name)
@@ -1065,7 +1072,7 @@ class AttributionStatsCombineFn(beam.CombineFn):
                     for combo in combos
                 ]
             raw.append((",".join(spec), codes, values))
-        if self._slice_by_target:
+        if self._slice_by_target and target:
             _require_column(batch, TARGET_SLICE_NAME)
             codes, values = _column_codes(batch.column(TARGET_SLICE_NAME))
             raw.append((TARGET_SLICE_NAME, codes, values))
@@ -1094,6 +1101,27 @@ class AttributionStatsCombineFn(beam.CombineFn):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
         if batch is None or batch.num_rows == 0:
             return accumulator
+        if OUTPUT_RANK_COLUMN in batch.schema.names:
+            ranks = batch.column(OUTPUT_RANK_COLUMN).to_numpy(zero_copy_only=False)
+            if (ranks != 0).any():  # several outputs per example: see the module docstring
+                first = batch.filter(pa.array(ranks == 0))
+                self._add_batch(accumulator, first, target=False)
+                if self._slice_by_target:
+                    self._add_batch(accumulator, batch, overall=False)
+                return accumulator
+        return self._add_batch(accumulator, batch)
+
+    def _add_batch(
+        self,
+        accumulator: _Accumulator,
+        batch: pa.RecordBatch,
+        overall: bool = True,
+        target: bool = True,
+    ) -> _Accumulator:
+        """Adds `batch` to the overall and configured slices (`overall`) and to its target
+        slices (`target`)."""
+        if batch.num_rows == 0:
+            return accumulator
         num_rows = batch.num_rows
         for name in ("prediction", "delta"):
             _require_column(batch, name)
@@ -1118,7 +1146,7 @@ class AttributionStatsCombineFn(beam.CombineFn):
             vectors,
             categorical,
         )
-        for grouping in self._groupings(batch):
+        for grouping in self._groupings(batch, overall, target):
             self._add_grouping(accumulator, grouping, batch_data)
         return accumulator
 
