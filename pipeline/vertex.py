@@ -631,6 +631,7 @@ def _flow(value: Any) -> str:
 
 
 def _emit(node: Mapping[str, Any], prefix: str, indent: int, comments: Mapping[str, str]) -> list:
+    """Block YAML of a mapping, a `# comment` line above each key that has one."""
     lines = []
     pad = " " * indent
     for key, value in node.items():
@@ -638,21 +639,22 @@ def _emit(node: Mapping[str, Any], prefix: str, indent: int, comments: Mapping[s
         comment = comments.get(dotted)
         if comment:
             lines.append(f"{pad}# {comment}")
-        if (
-            isinstance(value, Mapping)
-            and value
-            and not dotted.endswith(("baseline", "target", "smoothgrad"))
-        ):
+        scalars = isinstance(value, list | tuple) and all(
+            not isinstance(x, Mapping | list | tuple) for x in value
+        )
+        if isinstance(value, Mapping) and value:
             lines.append(f"{pad}{_flow(key)}:")
             lines.extend(_emit(value, dotted, indent + 2, comments))
-        elif isinstance(value, list) and value and all(isinstance(x, str) for x in value):
+        elif isinstance(value, list | tuple) and value and not scalars:
+            lines.append(f"{pad}{_flow(key)}:")
+            block = yaml.safe_dump(list(value), default_flow_style=None, sort_keys=False)
+            lines.extend(f"{pad}  {line}" for line in block.splitlines())
+        else:
             lines.append(f"{pad}{_flow(key)}: {_flow(value)}")
-            for item in value:  # a comment per feature, where there is one
+            for item in value if scalars else ():  # a comment per feature, where there is one
                 note = comments.get(f"{dotted}.{item}")
                 if note:
                     lines.append(f"{pad}  # {item}: {note}")
-        else:
-            lines.append(f"{pad}{_flow(key)}: {_flow(value)}")
     return lines
 
 
