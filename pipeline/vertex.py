@@ -407,6 +407,11 @@ def translate(
             vertex_names[name] = vertex_name
         if "groupName" in item:
             groups.setdefault(str(item["groupName"]), []).append(name)
+            if index_mapping.pop(name, None) is not None:
+                notes.append(
+                    f"not carried over: {where}.indexFeatureMapping (the feature is in group "
+                    f"{item['groupName']!r}, whose attribution is one number)"
+                )
         values = item.get("inputBaselines", [])
         if not isinstance(values, list):
             raise VertexSpecError(f"{where}.inputBaselines", "must be a list")
@@ -444,7 +449,7 @@ def translate(
         per_baseline = [{layer[1]: v} for v in values]
         source = f"metadata.inputs.{layer[0]}.encodedBaselines"
     else:
-        per_baseline = _combine_baselines(baselines)
+        per_baseline = _combine_baselines(baselines, vertex_names)
         source = "metadata.inputs.*.inputBaselines"
     if sigma is not None:
         if per_baseline:
@@ -540,7 +545,9 @@ def translate(
     return Translation(config, comments, notes)
 
 
-def _combine_baselines(baselines: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+def _combine_baselines(
+    baselines: Mapping[str, list[Any]], vertex_names: Mapping[str, str]
+) -> list[dict[str, Any]]:
     """Per-feature baseline lists -> a list of {feature: value} baselines (Vertex pairs the
     i-th baseline of every feature; a feature with one baseline uses it in each, one with none
     uses 0)."""
@@ -548,11 +555,12 @@ def _combine_baselines(baselines: Mapping[str, list[Any]]) -> list[dict[str, Any
     if not counts:
         return []
     k = max(counts.values())
+    most = vertex_names.get(*[n for n, c in counts.items() if c == k][:1] * 2)
     for name, count in counts.items():
         if count not in (1, k):
             raise VertexSpecError(
-                f"metadata.inputs.{name}.inputBaselines",
-                f"{count} baselines while another input has {k}: give 1 or {k}",
+                f"metadata.inputs.{vertex_names.get(name, name)}.inputBaselines",
+                f"{count} baselines while {most} has {k}: give 1 or {k}",
             )
     combined = []
     for i in range(k):
