@@ -174,19 +174,6 @@ def encode_lines(lines: Sequence[str], compression: str) -> bytes:
     return gzip.compress(data, mtime=0) if compression == "gzip" else data
 
 
-def _json_value(values: np.ndarray, shape: tuple[int, ...] | None = None) -> Any:
-    """A float array (or scalar) as JSON-able lists, non-finite values as None."""
-    a = np.asarray(values, np.float64)
-    if shape is not None and a.ndim and a.size == int(np.prod(shape, dtype=np.int64)):
-        a = a.reshape(shape)
-    finite = np.isfinite(a)
-    if finite.all():
-        return a.tolist()
-    out = a.astype(object)
-    out[~finite] = None
-    return out.tolist()
-
-
 def _plain(value: Any) -> Any:
     """A pass-through value (Arrow to Python) with non-finite floats as None."""
     if isinstance(value, float):
@@ -229,6 +216,9 @@ def _examples(keys: Sequence[str], ranked: bool) -> Iterator[tuple[int, int]]:
 def explanation_lines(table: pa.Table, settings: JsonlSettings) -> list[str]:
     """The Vertex batch-explanation JSON lines of a block of results, one per example.
 
+    Columns are converted to Python values once (vectorised, non-finite numbers to None); the
+    loop over examples only assembles dicts.
+
     Args:
       table: Per-example results (`attribution_schema` columns; with several explained
         outputs per example, one row per output with `output_rank`, rows of an example
@@ -240,77 +230,116 @@ def explanation_lines(table: pa.Table, settings: JsonlSettings) -> list[str]:
       `explanation`; `prediction` is the explained output's value (a list of the explained
       outputs' values, in attributions order, when there are several).
     """
-    if table.num_rows == 0:
+    n = table.num_rows
+    if n == 0:
         return []
     keys = _column(table, KEY_COLUMN).to_pylist()
-    targets = _column(table, "target").to_numpy(zero_copy_only=False)
-    predictions = _column(table, "prediction").to_numpy(zero_copy_only=False)
-    baselines = _column(table, "baseline_prediction").to_numpy(zero_copy_only=False)
-    errors = _column(table, APPROXIMATION_ERROR_COLUMN).to_numpy(zero_copy_only=False)
+    targets = _column(table, "target").to_numpy(zero_copy_only=False).tolist()
+    predictions = _rows(_column(table, "prediction").to_numpy(zero_copy_only=False))
+    baselines = _rows(_column(table, "baseline_prediction").to_numpy(zero_copy_only=False))
+    errors = _rows(_column(table, APPROXIMATION_ERROR_COLUMN).to_numpy(zero_copy_only=False))
     names = table.schema.names
     ranked = OUTPUT_RANK_COLUMN in names
-    display = None
+    display = [""] * n
     if OUTPUT_NAME_COLUMN in names:
-        display = _column(table, OUTPUT_NAME_COLUMN).to_pylist()
-    attributions = {n: _matrix(table, ATTRIBUTION_PREFIX + n) for n in settings.attributed}
-    instance = [(name, _column(table, column)) for name, column in settings.instance_columns]
+        display = [v or "" for v in _column(table, OUTPUT_NAME_COLUMN).to_pylist()]
+    # featureAttributions: (key, per-row values) in order, each column converted once
+    entries_by_key: list[tuple[str, list]] = []
+    group_sums: dict[str, np.ndarray] = {}
     grouped = {f: g for g, features in settings.groups.items() for f in features}
+    for name in settings.attributed:
+        matrix = _matrix(table, ATTRIBUTION_PREFIX + name)
+        if name in grouped:
+            group = grouped[name]
+            if group not in group_sums:
+                group_sums[group] = np.zeros(n)
+                entries_by_key.append((group, []))  # filled below, in first-member order
+            group_sums[group] = group_sums[group] + matrix.sum(axis=1)
+        elif name in settings.index_feature_mapping:
+            for j, element in enumerate(settings.index_feature_mapping[name]):
+                entries_by_key.append((element, _rows(matrix[:, j])))
+        else:
+            shape = settings.shapes.get(name)
+            if matrix.shape[1] == 1:
+                values = _rows(matrix[:, 0])
+            elif shape and int(np.prod(shape)) == matrix.shape[1]:
+                values = _rows(matrix.reshape(n, *shape))
+            else:
+                values = _rows(matrix)
+            entries_by_key.append((settings.feature_names.get(name, name), values))
+    entries_by_key = [
+        (key, _rows(group_sums[key]) if key in group_sums else values)
+        for key, values in entries_by_key
+    ]
+    instance = []
+    if settings.key_feature is None:
+        instance = [
+            (name, _instance_values(table, name, column, settings.shapes.get(name)))
+            for name, column in settings.instance_columns
+        ]
+    output_name = settings.output_name
     lines = []
     for start, stop in _examples(keys, ranked):
         head: dict[str, Any]
         if settings.key_feature is not None:
             head = {"key": keys[start]}
         else:
-            values = {}
-            for name, column in instance:
-                value = column[start].as_py()
-                if isinstance(value, list) and name in settings.shapes:
-                    array = np.asarray(value)
-                    if array.dtype.kind in "fiu":
-                        value = _json_value(array, settings.shapes[name])
-                values[name] = _plain(value)
-            head = {"instance": values}
-        entries = []
-        for row in range(start, stop):
-            features: dict[str, Any] = {}
-            for name in settings.attributed:
-                values = attributions[name][row]
-                if name in grouped:
-                    group = grouped[name]
-                    features[group] = features.get(group, 0.0) + float(np.sum(values))
-                elif name in settings.index_feature_mapping:
-                    for element, value in zip(
-                        settings.index_feature_mapping[name], values, strict=True
-                    ):
-                        features[element] = _json_value(value)
-                else:
-                    value = values[0] if values.size == 1 else values
-                    features[settings.feature_names.get(name, name)] = _json_value(
-                        value, settings.shapes.get(name)
-                    )
-            for group in settings.groups:
-                if group in features:
-                    features[group] = _json_value(features[group])
-            entries.append(
-                {
-                    "featureAttributions": features,
-                    "baselineOutputValue": _json_value(baselines[row]),
-                    "instanceOutputValue": _json_value(predictions[row]),
-                    "approximationError": _json_value(errors[row]),
-                    # a scalar output (target -1) has no index, as in Vertex
-                    "outputIndex": [int(targets[row])] if targets[row] >= 0 else [],
-                    "outputDisplayName": (display[row] or "") if display is not None else "",
-                    "outputName": settings.output_name,
-                }
-            )
-        values = [e["instanceOutputValue"] for e in entries]
+            head = {"instance": {name: values[start] for name, values in instance}}
+        entries = [
+            {
+                "featureAttributions": {key: values[row] for key, values in entries_by_key},
+                "baselineOutputValue": baselines[row],
+                "instanceOutputValue": predictions[row],
+                "approximationError": errors[row],
+                # a scalar output (target -1) has no index, as in Vertex
+                "outputIndex": [targets[row]] if targets[row] >= 0 else [],
+                "outputDisplayName": display[row],
+                "outputName": output_name,
+            }
+            for row in range(start, stop)
+        ]
         line = {
             **head,
-            "prediction": values[0] if len(values) == 1 else values,
+            "prediction": predictions[start] if stop - start == 1 else predictions[start:stop],
             "explanation": {"attributions": entries},
         }
         lines.append(json.dumps(line, allow_nan=False, separators=(",", ":")))
     return lines
+
+
+def _rows(values: np.ndarray) -> list:
+    """[n, ...] numbers as n Python values (nested lists), non-finite ones as None."""
+    a = np.asarray(values, np.float64)
+    finite = np.isfinite(a)
+    if finite.all():
+        return a.tolist()
+    out = a.astype(object)
+    out[~finite] = None
+    return out.tolist()
+
+
+def _instance_values(
+    table: pa.Table, name: str, column: str, shape: tuple[int, ...] | None
+) -> list:
+    """One instance field per row: numbers (shaped like the input) or pass-through values."""
+    array = _column(table, column)
+    value_type = array.type
+    listed = pa.types.is_list(value_type) or pa.types.is_large_list(value_type)
+    if listed:
+        value_type = value_type.value_type
+    numeric = pa.types.is_floating(value_type) or pa.types.is_integer(value_type)
+    if not numeric or array.null_count:
+        return [_plain(v) for v in array.to_pylist()]
+    if not listed:
+        flat = array.to_numpy(zero_copy_only=False)
+        return flat.tolist() if pa.types.is_integer(value_type) else _rows(flat)
+    sizes = np.diff(array.offsets.to_numpy())
+    if len(sizes) and (sizes == sizes[0]).all():
+        flat = array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), -1)
+        if shape and int(np.prod(shape)) == flat.shape[1]:
+            flat = flat.reshape(len(array), *shape)
+        return flat.tolist() if pa.types.is_integer(value_type) else _rows(flat)
+    return [_plain(v) for v in array.to_pylist()]
 
 
 def instance_columns(
