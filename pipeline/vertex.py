@@ -198,6 +198,10 @@ def _split(documents: Sequence[Mapping[str, Any]]) -> tuple[dict, dict, str | No
             uri = document.get("artifactUri", document.get("artifact_uri"))
             if isinstance(uri, str) and uri:
                 artifact = uri
+        elif keys & {"artifactUri", "displayName", "containerSpec", "versionId"}:
+            raise VertexSpecError(
+                "explanationSpec", "missing: this Model resource has no explanation spec"
+            )
         elif keys & set(_SPEC):
             spec = _message(document, "", _SPEC)
             for kind in _SPEC:

@@ -401,6 +401,12 @@ def test_cli_unsupported_field_exits_2_with_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_model_without_explanation_spec_is_named():
+    model = {k: v for k, v in REALISTIC_MODEL.items() if k != "explanationSpec"}
+    with pytest.raises(VertexSpecError, match=r"^explanationSpec: missing"):
+        translate([model])
+
+
 def test_read_documents_rejects_non_objects():
     with pytest.raises(VertexSpecError, match=r"^spec\[1\]: must be a JSON object"):
         read_documents(['{"parameters": {}}', "[1, 2]"])

@@ -171,7 +171,7 @@ def explanation_file_name(file_index: int, block_index: int, compression: str) -
 def encode_lines(lines: Sequence[str], compression: str) -> bytes:
     """The lines as a file's bytes: UTF-8, one per line, gzip-compressed (mtime 0) if asked."""
     data = "".join(line + "\n" for line in lines).encode("utf-8")
-    return gzip.compress(data, mtime=0) if compression == "gzip" else data
+    return gzip.compress(data, compresslevel=6, mtime=0) if compression == "gzip" else data
 
 
 def _plain(value: Any) -> Any:
