@@ -559,7 +559,8 @@ def _combine_baselines(
     if not counts:
         return []
     k = max(counts.values())
-    most = vertex_names.get(*[n for n, c in counts.items() if c == k][:1] * 2)
+    largest = next(n for n, c in counts.items() if c == k)
+    most = vertex_names.get(largest, largest)
     for name, count in counts.items():
         if count not in (1, k):
             raise VertexSpecError(
