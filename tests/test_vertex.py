@@ -596,6 +596,9 @@ def test_jsonl_rows_of_several_outputs_make_one_line_and_nan_is_null():
     )
     lines = [json.loads(line) for line in explanation_lines(table, settings)]
     assert len(lines) == 2
+    # a key seen twice (duplicate keys are reported, never dropped) is two examples
+    twice = pa.concat_tables([table.slice(0, 2), table.slice(0, 2)])
+    assert len(explanation_lines(twice, settings)) == 2
     first, second = lines
     assert first["instance"] == {"f": 1.0, "v": [[1.0, 2.0], [3.0, 4.0]]}
     assert first["prediction"] == [0.7, 0.2]

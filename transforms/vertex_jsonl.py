@@ -200,15 +200,16 @@ def _matrix(table: pa.Table, name: str) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, 1)
 
 
-def _examples(keys: Sequence[str], ranked: bool) -> Iterator[tuple[int, int]]:
-    """[start, stop) row ranges of the examples: consecutive rows of one key when `ranked`."""
+def _examples(keys: Sequence[str], ranks: Sequence[int] | None) -> Iterator[tuple[int, int]]:
+    """[start, stop) row ranges of the examples: with `ranks` (`output_rank`), consecutive rows
+    of one key whose rank goes up (a repeated key starts again at rank 0: another example)."""
     n = len(keys)
-    if not ranked:
+    if ranks is None:
         yield from ((i, i + 1) for i in range(n))
         return
     start = 0
     for i in range(1, n + 1):
-        if i == n or keys[i] != keys[start]:
+        if i == n or keys[i] != keys[i - 1] or ranks[i] <= ranks[i - 1]:
             yield start, i
             start = i
 
@@ -239,7 +240,9 @@ def explanation_lines(table: pa.Table, settings: JsonlSettings) -> list[str]:
     baselines = _rows(_column(table, "baseline_prediction").to_numpy(zero_copy_only=False))
     errors = _rows(_column(table, APPROXIMATION_ERROR_COLUMN).to_numpy(zero_copy_only=False))
     names = table.schema.names
-    ranked = OUTPUT_RANK_COLUMN in names
+    ranks = None
+    if OUTPUT_RANK_COLUMN in names:
+        ranks = _column(table, OUTPUT_RANK_COLUMN).to_numpy(zero_copy_only=False).tolist()
     display = [""] * n
     if OUTPUT_NAME_COLUMN in names:
         display = [v or "" for v in _column(table, OUTPUT_NAME_COLUMN).to_pylist()]
@@ -279,7 +282,7 @@ def explanation_lines(table: pa.Table, settings: JsonlSettings) -> list[str]:
         ]
     output_name = settings.output_name
     lines = []
-    for start, stop in _examples(keys, ranked):
+    for start, stop in _examples(keys, ranks):
         head: dict[str, Any]
         if settings.key_feature is not None:
             head = {"key": keys[start]}
