@@ -5,6 +5,8 @@
   igbeam compare --baseline RUN_A --current RUN_B [--config thresholds.yaml] --out DIR
   igbeam monitor --config nightly.yaml [--date YYYY-MM-DD] [Beam options ...]
   igbeam report RUN [--compare BASELINE_RUN | --drift DIR] --out report.html
+  igbeam import-vertex --spec SPEC.json [--model PATH] [--input PATTERN] [--output DIR]
+                       --out job.yaml
 
 Unknown options are handed to Beam untouched (`--runner`, `--direct_num_workers`,
 `--temp_location`, `--setup_file`, ...), so the same command runs on the DirectRunner, Dataflow or
@@ -136,6 +138,25 @@ def _parser() -> argparse.ArgumentParser:
         help="rows read from the attributions and dead letters, at most (default 10000)",
     )
     report.add_argument("--verbose", action="store_true", help="stack traces")
+    vertex = sub.add_parser(
+        "import-vertex",
+        help="translate a Vertex AI ExplanationSpec (or Model JSON) into a job config",
+    )
+    vertex.add_argument(
+        "--spec",
+        action="append",
+        required=True,
+        help="Model JSON (gcloud ai models describe --format=json), an ExplanationSpec, or its "
+        "parameters / metadata objects; repeatable (e.g. one file each)",
+    )
+    vertex.add_argument("--model", default=None, help="model.path (default: the artifactUri)")
+    vertex.add_argument("--input", default=None, help="input.pattern (TFRecords)")
+    vertex.add_argument("--output", default=None, help="output.path of the job")
+    vertex.add_argument(
+        "--key", default=None, help="input.key (batch prediction's keyField): lines carry `key`"
+    )
+    vertex.add_argument("--out", required=True, help="the job YAML to write")
+    vertex.add_argument("--verbose", action="store_true", help="stack traces")
     return parser
 
 
@@ -424,6 +445,41 @@ def report_comparison(comparison: Any, out: str, drift_exit_code: int) -> int:
     return drift_exit_code if breached else EXIT_OK
 
 
+def _import_vertex(args: argparse.Namespace) -> int:
+    """Translates, validates, writes; a spec igbeam cannot honour is one line and exit 2."""
+    from pipeline.config import ConfigError, parse_config
+    from pipeline.vertex import VertexSpecError, read_documents, render_yaml, translate
+
+    texts = []
+    for path in args.spec:
+        try:
+            with open(path, encoding="utf-8") as f:
+                texts.append(f.read())
+        except OSError as err:
+            return _fail(f"--spec: cannot read {path!r}: {err}")
+    try:
+        translation = translate(
+            read_documents(texts),
+            model=args.model,
+            input_pattern=args.input,
+            output=args.output,
+            key=args.key,
+        )
+    except VertexSpecError as err:
+        return _fail(f"vertex spec: {err}")
+    try:  # the file as `igbeam run` will read it: relative paths against its directory
+        parse_config(translation.config, base_dir=os.path.dirname(os.path.abspath(args.out)))
+    except ConfigError as err:
+        return _fail(f"the translated config does not validate: {err}")
+    text = render_yaml(translation, ", ".join(os.path.basename(p) for p in args.spec))
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(text)
+    for note in translation.notes:
+        print(f"igbeam: note: {note}")
+    print(f"igbeam: wrote {args.out}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `igbeam` console script; returns the exit code."""
     args, beam_args = _parser().parse_known_args(argv)
@@ -447,6 +503,8 @@ def _main(args: argparse.Namespace, beam_args: list[str]) -> int:
             return _compare(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "import-vertex":
+            return _import_vertex(args)
     except Exception as err:
         if args.verbose:
             raise

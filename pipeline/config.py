@@ -35,6 +35,7 @@ from attribution.fields import (
     MAP,
     Boolean,
     Check,
+    Choice,
     Integer,
     Names,
     Number,
@@ -72,6 +73,7 @@ __all__ = [
     "OutputConfig",
     "StatisticsConfig",
     "TargetConfig",
+    "VertexOutputConfig",
     "WorkersConfig",
     "apply_override",
     "load_config",
@@ -139,6 +141,68 @@ class WorkersConfig:
     threads: int = setting(0, check=Integer(0))
 
 
+OUTPUT_FORMATS = ("parquet", "vertex_jsonl")
+"""`output.format`: the attributions as Parquet only, or also as Vertex AI batch-explanation
+JSON lines (`transforms.vertex_jsonl`)."""
+
+COMPRESSIONS = ("none", "gzip")
+"""`output.compression` of the JSON lines files."""
+
+
+class _NamesMap(Check):
+    """A {name: [name, ...]} map: each value a non-empty list of unique names."""
+
+    is_map = True
+
+    def __call__(self, value: Any, key: str, api: bool) -> dict[str, tuple[str, ...]]:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"must be a mapping {{name: [names]}}, got {show(value)}", key)
+        out = {}
+        for name, names in value.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"keys must be non-empty strings, got {show(name)}", key)
+            out[name] = Names(allow_empty=False)(names, f"{key}.{name}", api)
+        return out
+
+
+class _TextMap(Check):
+    """A {name: non-empty string} map."""
+
+    is_map = True
+
+    def __call__(self, value: Any, key: str, api: bool) -> dict[str, str]:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"must be a mapping {{name: name}}, got {show(value)}", key)
+        out = {}
+        for name, text in value.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"keys must be non-empty strings, got {show(name)}", key)
+            out[name] = Text()(text, f"{key}.{name}", api)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class VertexOutputConfig:
+    """How `output.format: vertex_jsonl` names things as Vertex AI did (`igbeam import-vertex`
+    fills it from an `ExplanationSpec`).
+
+    Attributes:
+      output_name: `outputName` of every attribution (the key of the spec's
+        `metadata.outputs`); default `attribution.output`, else empty.
+      feature_names: {feature: Vertex name}: the key of a feature's `featureAttributions` entry
+        (Vertex keys them by its `metadata.inputs` key; igbeam by model input).
+      index_feature_mapping: {feature: [name, ...]}: a vector feature's attributions as one
+        `featureAttributions` entry per element, named (Vertex's `indexFeatureMapping`).
+      groups: {group: [feature, ...]}: one `featureAttributions` entry per group, the sum of its
+        features' attributions (Vertex's `groupName`).
+    """
+
+    output_name: str | None = setting(None, check=Text())
+    feature_names: Mapping[str, str] = setting({}, check=_TextMap())
+    index_feature_mapping: Mapping[str, tuple[str, ...]] = setting({}, check=_NamesMap())
+    groups: Mapping[str, tuple[str, ...]] = setting({}, check=_NamesMap())
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
     """Where a run's outputs are written.
@@ -150,12 +214,23 @@ class OutputConfig:
       row_group_rows: Records per block, at most: rows per attributions file (one row group)
         when `shards` is 0, and per row group otherwise.
       input_values: Also write each attributed feature's input value (`in_<feature>`).
+      format: `parquet`, or `vertex_jsonl`: also one JSON line per example as Vertex AI's
+        batch explanation writes it (`explanations/part-<file>-<block>.jsonl[.gz]`).
+      compression: With `vertex_jsonl`: `none` or `gzip`.
+      vertex: With `vertex_jsonl`: Vertex names (`VertexOutputConfig`).
     """
 
     path: str = setting(check=Text(), path=True)
     shards: int = setting(0, check=Integer(0))
     row_group_rows: int = setting(65536, check=Integer(1))
     input_values: bool = setting(False, check=Boolean())
+    format: str = setting("parquet", check=Choice(OUTPUT_FORMATS, "output format"))
+    compression: str = setting(
+        "none", check=Choice(COMPRESSIONS, "compression"), when=("format", "vertex_jsonl")
+    )
+    vertex: VertexOutputConfig = setting(
+        VertexOutputConfig(), check=Section(VertexOutputConfig), when=("format", "vertex_jsonl")
+    )
 
 
 class _Slices(Check):

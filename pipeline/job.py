@@ -61,6 +61,7 @@ from transforms.constants import (
     DEAD_LETTER_COUNTERS,
     DEAD_LETTER_DIR,
     DUPLICATE_KEYS_DIR,
+    EXPLANATIONS_DIR,
     FEATURE_STATISTICS_FILE,
     INPUT_PREFIX,
     METRICS_NAMESPACE,
@@ -90,6 +91,12 @@ from transforms.statistics import (
     AttributionStatistics,
 )
 from transforms.tfrecords import Record
+from transforms.vertex_jsonl import (
+    JsonlSettings,
+    bigquery_name_problems,
+    check_vertex_names,
+    instance_columns,
+)
 
 SCHEMA_SAMPLE_RECORDS = 1000
 
@@ -131,6 +138,7 @@ class Plan:
     loaded: Attributor | None = dataclasses.field(default=None, repr=False, compare=False)
     baseline_reference: dict[str, Any] | None = None  # data-derived baseline (summary.json)
     padded: list[str] = dataclasses.field(default_factory=list)  # layers with padding (nulls)
+    jsonl: JsonlSettings | None = None  # output.format vertex_jsonl: how lines are written
 
 
 def _join(*parts: str) -> str:
@@ -238,6 +246,21 @@ def plan_job(config: JobConfig) -> Plan:
         for f in results_schema
         if config.output.input_values or not f.name.startswith(INPUT_PREFIX)
     ]
+    jsonl = None
+    if config.output.format == "vertex_jsonl":
+        jsonl = jsonl_settings(config, loaded, list(attributed_sizes), input_features)
+        try:
+            check_vertex_names(jsonl, attributed_sizes)
+        except ValueError as err:
+            raise JobError(str(err)) from err
+        unfit = bigquery_name_problems([*jsonl.attribution_keys(), *dict(jsonl.instance_columns)])
+        if unfit:
+            logging.warning(
+                "output.format vertex_jsonl: %s are not BigQuery column names (letters, digits, "
+                "underscores): load the lines into a JSON column, or rename them with "
+                "output.vertex.feature_names",
+                unfit,
+            )
     _check_writable(config.output.path)
     return Plan(
         config=config,
@@ -253,6 +276,32 @@ def plan_job(config: JobConfig) -> Plan:
         loaded=loaded,
         baseline_reference=baseline_reference,
         padded=[loaded.layer] if getattr(loaded, "padding", None) is not None else [],
+        jsonl=jsonl,
+    )
+
+
+def jsonl_settings(
+    config: JobConfig, loaded: Any, attributed: Sequence[str], input_features: Sequence[str]
+) -> JsonlSettings:
+    """How a run writes Vertex batch-explanation lines (`output.format: vertex_jsonl`)."""
+    specs = getattr(loaded, "feature_specs", {}) or {}
+    shapes = {}
+    for name in attributed:
+        spec = specs.get(name)
+        dims = list(spec.shape)[1:] if spec is not None and spec.shape.rank else None
+        if dims and all(d is not None for d in dims):
+            shapes[name] = tuple(int(d) for d in dims)
+    vertex = config.output.vertex
+    return JsonlSettings(
+        attributed=tuple(attributed),
+        shapes=shapes,
+        key_feature=config.input.key,
+        instance_columns=instance_columns(input_features, config.passthrough),
+        output_name=vertex.output_name or config.attribution.output or "",
+        feature_names=dict(vertex.feature_names),
+        index_feature_mapping={k: tuple(v) for k, v in vertex.index_feature_mapping.items()},
+        groups={k: tuple(v) for k, v in vertex.groups.items()},
+        compression=config.output.compression,
     )
 
 
@@ -428,6 +477,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         statistics=statistics_arguments(plan),
         groups=_merge_groups(pipeline),
         token_layers=plan.padded,
+        jsonl=plan.jsonl,
     )
 
 
@@ -719,6 +769,12 @@ def run_job(
     }
     if plan.baseline_reference is not None:
         summary["baseline_reference"] = plan.baseline_reference
+    if plan.jsonl is not None:
+        summary["explanations"] = {
+            "format": config.output.format,
+            "compression": config.output.compression,
+            "files": _count_files(_join(out, EXPLANATIONS_DIR, "part-*")),
+        }
     if plan.output_schema.get_field_index(STEPS_COLUMN) >= 0:
         summary["adaptive_steps"] = _adaptive_steps(config, counted["counts"])
     failure = None
@@ -744,6 +800,13 @@ def run_job(
     with FileSystems.create(_join(out, SUCCESS_FILE)) as f:
         f.write(b"")
     return summary
+
+
+def _count_files(pattern: str) -> int:
+    try:
+        return len(FileSystems.match([pattern])[0].metadata_list)
+    except Exception:  # noqa: BLE001 - no such directory: no files
+        return 0
 
 
 def _adaptive_steps(config: JobConfig, counts: dict[str, int]) -> dict[str, Any]:

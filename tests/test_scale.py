@@ -89,6 +89,9 @@ def assert_same_run(out: str, reference: str) -> None:
     for column in a.columns:
         if column.startswith("attr_") or column in ("prediction", "baseline_prediction", "delta"):
             np.testing.assert_allclose(b[column], a[column], rtol=1e-6, atol=1e-6, err_msg=column)
+        elif column == "approximation_error":  # |delta| / |F(x) - F(x')|: delta's rounding, scaled
+            scale = np.maximum(np.abs(a["prediction"] - a["baseline_prediction"]), 1e-6)
+            np.testing.assert_allclose(b[column] * scale, a[column] * scale, atol=1e-6)
         else:
             assert a[column].tolist() == b[column].tolist(), column
     dead = [

@@ -29,7 +29,7 @@ from apache_beam.utils import shared
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from attribution import AttributionConfig, IntegratedGradients, ModelAdapter, load_model
-from attribution.adaptive import AdaptiveIntegratedGradients
+from attribution.adaptive import AdaptiveIntegratedGradients, relative_errors
 from attribution.budget import AUTO, BatchPlan
 from attribution.engine import Attribution
 from attribution.errors import one_line
@@ -39,6 +39,7 @@ from attribution.settings import ModelConfig
 from transforms import progress, stages
 from transforms.constants import (
     ABS_DELTA_MICROS,
+    APPROXIMATION_ERROR_COLUMN,
     ATTRIBUTION_PREFIX,
     BATCHES,
     DEAD_LETTER_COUNTERS,
@@ -75,6 +76,7 @@ __all__ = [
     "LoadedEngine",
     "LoadedExport",
     "WorkerInfo",
+    "approximation_errors",
     "attribution_schema",
     "configure_threads",
     "offer_loaded_engine",
@@ -86,6 +88,7 @@ RESULT_FIELDS = [
     pa.field("prediction", pa.float64(), nullable=False),
     pa.field("baseline_prediction", pa.float64(), nullable=False),
     pa.field("delta", pa.float64(), nullable=False),
+    pa.field(APPROXIMATION_ERROR_COLUMN, pa.float64(), nullable=False),
 ]
 
 
@@ -337,6 +340,21 @@ class LoadedExport:
         return self.exported.attribute(arrays, keys=keys, examples=serialized)
 
 
+def approximation_errors(
+    deltas: np.ndarray, predictions: np.ndarray, baseline_predictions: np.ndarray
+) -> np.ndarray:
+    """Vertex AI's `approximationError` of each explained output, as float64.
+
+    Vertex compares the sum of the attributions with the difference between the instance's and
+    the baseline's output (`Attribution.approximation_error`; "Improve feature-based
+    explanations" in the Vertex docs), relative to that difference (its 0.05 threshold is
+    unit-free): |sum(attr) - (F(x) - F(x'))| / |F(x) - F(x')| = |delta| / |F(x) - F(x')|. The
+    denominator is floored as `attribution.adaptive.relative_errors` does (the same quantity
+    `steps: auto` holds to its tolerance), so the value stays finite when F(x) = F(x').
+    """
+    return relative_errors(deltas, predictions, baseline_predictions)
+
+
 def _arrow_type(feature: schema_pb2.Feature) -> pa.DataType:
     return {
         schema_pb2.FLOAT: pa.float32(),
@@ -358,19 +376,18 @@ def attribution_schema(
 ) -> pa.Schema:
     """The explicit Arrow schema of the per-example results.
 
-    Columns: key, target, prediction, baseline_prediction, delta; with `adaptive` (steps auto)
-    `steps` (int32, the steps the example used) and `within_tolerance` (bool; there are no such
-    columns with fixed steps, whose number is the config's); `attr_<name>` per attributed
-    feature (float64 for a scalar, list<float64> for a vector; per-token scores for a layer, null
-    at padding positions); `tokens_<layer>` (list<string>) for each of `token_layers` (see
-    `transforms.text`); then
-    columns with fixed steps, whose number is the config's); with `output_rank` (target kinds
-    top_k and indices: one row per example and explained output) `output_rank` (int32); with
-    `output_name` (display names) `output_name` (string); `attr_<name>` per attributed
-    feature (float64 for a scalar, list<float64> for a vector; per-token scores for a layer); then
-    the pass-through features (a scalar when the schema fixes one value per example, else a list;
-    bytes become UTF-8 strings; null when missing); then `in_<name>`, the input value of each of
-    `input_features` (attributed features read from the examples), typed like a pass-through.
+    Columns: key, target, prediction, baseline_prediction, delta, approximation_error
+    (`approximation_errors`: Vertex AI's, |delta| / |prediction - baseline_prediction|); with
+    `adaptive` (steps auto) `steps` (int32, the steps the example used) and `within_tolerance`
+    (bool; there are no such columns with fixed steps, whose number is the config's); with
+    `output_rank` (target kinds top_k and indices: one row per example and explained output)
+    `output_rank` (int32); with `output_name` (display names) `output_name` (string);
+    `attr_<name>` per attributed feature (float64 for a scalar, list<float64> for a vector;
+    per-token scores for a layer, null at padding positions); `tokens_<layer>` (list<string>) for
+    each of `token_layers` (see `transforms.text`); then the pass-through features (a scalar when
+    the schema fixes one value per example, else a list; bytes become UTF-8 strings; null when
+    missing); then `in_<name>`, the input value of each of `input_features` (attributed features
+    read from the examples), typed like a pass-through.
     """
     fields = list(RESULT_FIELDS)
     if adaptive:
@@ -663,6 +680,12 @@ class AttributeBatchDoFn(beam.DoFn):
             "prediction": pa.array(result.predictions, pa.float64()),
             "baseline_prediction": pa.array(result.baseline_predictions, pa.float64()),
             "delta": pa.array(result.deltas, pa.float64()),
+            APPROXIMATION_ERROR_COLUMN: pa.array(
+                approximation_errors(
+                    result.deltas, result.predictions, result.baseline_predictions
+                ),
+                pa.float64(),
+            ),
         }
         if STEPS_COLUMN in self._output_schema.names:
             columns[STEPS_COLUMN] = pa.array(result.steps_used, pa.int32())

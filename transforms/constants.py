@@ -43,6 +43,7 @@ STEPS_COLUMN = "steps"  # with attribution.steps auto: the steps each example us
 WITHIN_TOLERANCE_COLUMN = "within_tolerance"  # with auto: relative error <= tolerance (bool)
 OUTPUT_RANK_COLUMN = "output_rank"  # target kinds top_k/indices: rank of the row's output (int32)
 OUTPUT_NAME_COLUMN = "output_name"  # with attribution.display_names: the output's name (string)
+APPROXIMATION_ERROR_COLUMN = "approximation_error"  # Vertex's: |delta| / |F(x) - F(x')| (float64)
 
 # Counts of adaptive steps (counts.json): STEPS_USED_PREFIX + "<steps>" examples each, and those
 # still above tolerance at max_steps.
@@ -63,6 +64,7 @@ FEATURE_REPLICATES_FILE = "features_replicates.parquet"  # in STATISTICS_DIR: pe
 SLICE_REPLICATES_FILE = "slices_replicates.parquet"  # in STATISTICS_DIR: per replicate
 DEAD_LETTER_DIR = "dead_letter"  # part-*.parquet, records not attributed
 DUPLICATE_KEYS_DIR = "duplicate_keys"  # part-*.parquet, keys seen more than once
+EXPLANATIONS_DIR = "explanations"  # output.format vertex_jsonl: part-*.jsonl[.gz], Vertex's lines
 SCHEMA_FILE = "schema.pbtxt"  # the TFMD schema used
 COUNTS_FILE = "counts.json"  # the pipeline's own counts, as data (every runner), and workers
 SUMMARY_FILE = "summary.json"
@@ -72,6 +74,7 @@ OUTPUT_PARTS = (
     STATISTICS_DIR,
     DEAD_LETTER_DIR,
     DUPLICATE_KEYS_DIR,
+    EXPLANATIONS_DIR,
     SCHEMA_FILE,
     COUNTS_FILE,
     SUMMARY_FILE,

@@ -8,6 +8,8 @@
   statistics/*.parquet          per slice and feature, per slice, histograms, inputs, replicates
   duplicate_keys/part-*.parquet keys seen more than once (reported, never dropped)
   dead_letter/part-*.parquet    records not attributed, with stage, reason and raw bytes
+  explanations/part-*.jsonl[.gz] with `output.format: vertex_jsonl`: the same results as Vertex
+                                AI batch explanation lines (`transforms.vertex_jsonl`), per block
   counts.json                   the pipeline's own counts (as data) and worker processes
 
 The launcher (`pipeline.job`) writes `schema.pbtxt`, `summary.json` and `_SUCCESS`.
@@ -29,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import stages
@@ -55,6 +58,12 @@ from transforms.constants import (
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, dead_letter_to_row
 from transforms.statistics import AttributionStatistics, AttributionStatsCombineFn
 from transforms.text_statistics import WriteTokenStatistics
+from transforms.vertex_jsonl import (
+    JsonlSettings,
+    encode_lines,
+    explanation_file_name,
+    explanation_lines,
+)
 
 __all__ = [
     "DUPLICATE_KEYS_SCHEMA",
@@ -196,8 +205,10 @@ class _WriteBlockDoFn(beam.DoFn):
         statistics: AttributionStatsCombineFn,
         write_attributions: bool,
         groups: int = TOTAL_GROUPS,
+        jsonl: JsonlSettings | None = None,
     ) -> None:
         super().__init__()
+        self._jsonl = jsonl
         self._dir = output_dir
         self._groups = groups
         self._schema = output_schema
@@ -213,6 +224,8 @@ class _WriteBlockDoFn(beam.DoFn):
                     FileSystems.join(self._dir, ATTRIBUTIONS_DIR, name),
                     table.select(self._schema.names).cast(self._schema),
                 )
+            if self._jsonl is not None and table.num_rows:
+                self._write_lines(block, table)
             if block.dead_letters:
                 rows = [dead_letter_to_row(letter) for letter in block.dead_letters]
                 write_parquet_file(
@@ -229,6 +242,16 @@ class _WriteBlockDoFn(beam.DoFn):
         buckets = list(_key_buckets(table)) if table.num_rows else []
         group = zlib.crc32(f"{block.file_index}/{block.block_index}".encode()) % self._groups
         yield BlockResult(_counts(block), frozen, buckets, block.worker, group)
+
+    def _write_lines(self, block: AttributedBlock, table: pa.Table) -> None:
+        """The block's Vertex batch-explanation lines, one file named after the block."""
+        settings = self._jsonl
+        name = explanation_file_name(block.file_index, block.block_index, settings.compression)
+        data = encode_lines(explanation_lines(table, settings), settings.compression)
+        path = FileSystems.join(self._dir, name)
+        # compressed here (mtime 0: a retried block writes the same bytes), not again by `.gz`
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(data)
 
 
 def _freeze(statistics: Any) -> bytes:
@@ -408,9 +431,10 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
         histogram buckets, inputs to describe).
       groups: Groups of the first merge level (`TOTAL_GROUPS` for a runner without combiner
         lifting); 1 merges in one level.
-        lifting, 1 otherwise).
       token_layers: Layers whose per-token scores mark padding (`transforms.text`): their
         per-position statistics go to `statistics/tokens.parquet`.
+      jsonl: With `output.format: vertex_jsonl`: also write each block's results as Vertex AI
+        batch-explanation lines (`explanations/part-<file>-<block>.jsonl[.gz]`).
     """
 
     def __init__(
@@ -424,12 +448,14 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
         statistics: Mapping[str, Any] | None = None,
         groups: int = TOTAL_GROUPS,
         token_layers: Sequence[str] = (),
+        jsonl: JsonlSettings | None = None,
     ) -> None:
         super().__init__()
         self._dir = output_dir
         self._token_layers = list(token_layers)
         self._schema = output_schema
         self._shards = shards
+        self._jsonl = jsonl
         self._groups = groups
         self._statistics = AttributionStatsCombineFn(
             features=list(features), slices=[list(s) for s in slices], **dict(statistics or {})
@@ -438,7 +464,12 @@ class WriteRunOutputs(beam.PTransform[beam.PCollection[AttributedBlock], beam.pv
     def expand(self, blocks: beam.PCollection[AttributedBlock]) -> beam.pvalue.PDone:
         results = blocks | "WriteBlocks" >> beam.ParDo(
             _WriteBlockDoFn(
-                self._dir, self._schema, self._statistics, self._shards == 0, self._groups
+                self._dir,
+                self._schema,
+                self._statistics,
+                self._shards == 0,
+                self._groups,
+                self._jsonl,
             )
         )
         if self._groups == 1:  # combiner lifting: one level, the accumulator crosses one shuffle
