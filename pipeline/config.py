@@ -56,6 +56,7 @@ from attribution.settings import (
     ModelConfig,
     Target,
 )
+from transforms.images import ImageConfig, Images
 from transforms.settings import StatisticsConfig
 
 __all__ = [
@@ -150,12 +151,15 @@ class OutputConfig:
       row_group_rows: Records per block, at most: rows per attributions file (one row group)
         when `shards` is 0, and per row group otherwise.
       input_values: Also write each attributed feature's input value (`in_<feature>`).
+      full_image_attributions: Also write each image feature's every attribution
+        (`full_<feature>`, float16), not only its grid and sum (`transforms.images`).
     """
 
     path: str = setting(check=Text(), path=True)
     shards: int = setting(0, check=Integer(0))
     row_group_rows: int = setting(65536, check=Integer(1))
     input_values: bool = setting(False, check=Boolean())
+    full_image_attributions: bool = setting(False, check=Boolean())
 
 
 class _Slices(Check):
@@ -201,6 +205,8 @@ class JobConfig:
       output: The output location.
       max_dead_letter_fraction: The job fails when more than this fraction of records is
         dead-lettered.
+      images: Image features (attributed model inputs) -> how they are decoded and summarised
+        (`transforms.images.ImageConfig`).
     """
 
     model: ModelConfig = setting(check=Section(ModelConfig))
@@ -214,6 +220,7 @@ class JobConfig:
     workers: WorkersConfig = setting(WorkersConfig(), check=Section(WorkersConfig))
     output: OutputConfig = setting(check=Section(OutputConfig))
     max_dead_letter_fraction: float = setting(0.01, check=Number(0.0, 1.0))
+    images: Mapping[str, ImageConfig] = setting({}, check=Images())
 
     def cross_check(self, prefix: str) -> None:
         """Rules between sections: features vs passthrough, slices, baseline feature maps."""
@@ -235,6 +242,12 @@ class JobConfig:
                     )
         if features is not None:
             self.attribution.baseline.check_features(features, "attribution.baseline")
+        for name in self.images:
+            if name in passthrough or (features is not None and name not in features):
+                raise ConfigError(
+                    "an image feature must be an attributed feature (in features, not passthrough)",
+                    f"images.{name}",
+                )
 
     def input_features(self) -> tuple[str, ...] | None:
         """Returns every feature the job must read from the examples.

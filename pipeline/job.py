@@ -38,7 +38,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from attribution import ModelLoadError
-from attribution.errors import one_line
+from attribution.errors import SettingsError, one_line
 from attribution.savedmodel import IG_SIGNATURE
 from pipeline.config import JobConfig
 from pipeline.console import ProgressPrinter
@@ -75,6 +75,7 @@ from transforms.constants import (
 )
 from transforms.dead_letters import DEAD_LETTER_SCHEMA
 from transforms.decode import feature_names, infer_schema, load_schema, schema_to_text
+from transforms.images import ImageSpec, resolve_image
 from transforms.outputs import (
     DUPLICATE_KEYS_SCHEMA,
     TOTAL_GROUPS,
@@ -128,6 +129,7 @@ class Plan:
     schema_inferred: bool
     input_bytes: int
     loaded: Attributor | None = dataclasses.field(default=None, repr=False, compare=False)
+    images: dict[str, ImageSpec] = dataclasses.field(default_factory=dict)
 
 
 def _join(*parts: str) -> str:
@@ -209,10 +211,13 @@ def plan_job(config: JobConfig) -> Plan:
     for name in (*config.passthrough, config.input.key, config.attribution.target.feature):
         if name is not None and name not in in_schema:
             raise JobError(f"feature {name!r} is not in the schema")
+    images = _plan_images(config, loaded, schema)
     # Attributed features read from the examples (not a layer, not a preprocessing model's
-    # output) also get their input values into the results, for statistics and the output.
+    # output, not an image) also get their input values into the results, for statistics.
     input_features = [
-        n for n in loaded.attributed_names if n in loaded.feature_specs and n in in_schema
+        n
+        for n in loaded.attributed_names
+        if n in loaded.feature_specs and n in in_schema and n not in images
     ]
     try:
         attributed_sizes = loaded.attributed_sizes()
@@ -222,6 +227,8 @@ def plan_job(config: JobConfig) -> Plan:
             config.passthrough,
             input_features,
             adaptive=getattr(loaded, "adaptive", False),
+            images=images,
+            full_images=config.output.full_image_attributions,
         )
     except ValueError as err:
         raise JobError(f"attribution: {err}") from err
@@ -243,7 +250,42 @@ def plan_job(config: JobConfig) -> Plan:
         schema_inferred=schema_inferred,
         input_bytes=sum(sizes.values()),
         loaded=loaded,
+        images=images,
     )
+
+
+def _attributed_shape(loaded: Attributor, name: str) -> tuple[int | None, ...]:
+    """The per-example shape of an attributed tensor (engine or export)."""
+    engine = getattr(loaded, "engine", None)
+    if engine is not None:
+        return tuple(engine.attributed_specs[name].shape[1:].as_list())
+    return tuple(loaded.exported.output_shape(name).as_list())  # type: ignore[attr-defined]
+
+
+def _plan_images(config: JobConfig, loaded: Attributor, schema: Any) -> dict[str, ImageSpec]:
+    """The `images` entries checked against the model and the schema (`resolve_image`)."""
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    if not config.images:
+        return {}
+    if loaded.layer is not None:
+        raise JobError("images: image summaries need input attributions, not attribution.layer")
+    types = {f.name: schema_pb2.FeatureType.Name(f.type) for f in schema.feature}
+    images = {}
+    for name, image in config.images.items():
+        if name not in loaded.attributed_names:
+            raise JobError(
+                f"images.{name}: not an attributed feature "
+                f"(attributed: {', '.join(loaded.attributed_names)})"
+            )
+        decode = name in loaded.feature_specs
+        try:
+            images[name] = resolve_image(
+                name, image, _attributed_shape(loaded, name), types.get(name), decode
+            )
+        except SettingsError as err:
+            raise JobError(str(err)) from err
+    return images
 
 
 def statistics_arguments(plan: Plan) -> dict[str, Any]:
@@ -259,6 +301,8 @@ def statistics_arguments(plan: Plan) -> dict[str, Any]:
         "histogram_buckets": settings.histogram_buckets,
         "top_values": settings.top_values,
     }
+    if plan.images:
+        arguments["image_grids"] = {name: image.grid for name, image in plan.images.items()}
     if not settings.inputs:
         return arguments
     numeric, vectors, categorical = [], [], []
@@ -321,6 +365,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         key_feature=config.input.key,
         passthrough=config.passthrough,
         input_features=plan.input_features,
+        images=plan.images,
     )
     _ = attributed | "WriteOutputs" >> WriteRunOutputs(
         config.output.path,
@@ -610,6 +655,8 @@ def run_job(
         "versions": versions,
         "beam_args": list(beam_args),
     }
+    if plan.images:
+        summary["images"] = {name: image.summary() for name, image in plan.images.items()}
     if plan.output_schema.get_field_index(STEPS_COLUMN) >= 0:
         summary["adaptive_steps"] = _adaptive_steps(config, counted["counts"])
     failure = None

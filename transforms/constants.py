@@ -41,6 +41,8 @@ ATTRIBUTION_PREFIX = "attr_"  # attr_<feature>: one column per attributed featur
 INPUT_PREFIX = "in_"  # in_<feature>: the attributed feature's input value (output.input_values)
 STEPS_COLUMN = "steps"  # with attribution.steps auto: the steps each example used (int32)
 WITHIN_TOLERANCE_COLUMN = "within_tolerance"  # with auto: relative error <= tolerance (bool)
+GRID_PREFIX = "grid_"  # grid_<image>: |attribution| summed per grid cell (transforms.images)
+FULL_PREFIX = "full_"  # full_<image>: every attribution, float16 (output.full_image_attributions)
 
 # Counts of adaptive steps (counts.json): STEPS_USED_PREFIX + "<steps>" examples each, and those
 # still above tolerance at max_steps.
@@ -59,6 +61,7 @@ HISTOGRAMS_FILE = "histograms.parquet"  # in STATISTICS_DIR: attribution and inp
 INPUT_STATISTICS_FILE = "inputs.parquet"  # in STATISTICS_DIR: input value statistics
 FEATURE_REPLICATES_FILE = "features_replicates.parquet"  # in STATISTICS_DIR: per replicate
 SLICE_REPLICATES_FILE = "slices_replicates.parquet"  # in STATISTICS_DIR: per replicate
+IMAGE_GRIDS_FILE = "image_grids.parquet"  # in STATISTICS_DIR: mean |attr| per image grid cell
 DEAD_LETTER_DIR = "dead_letter"  # part-*.parquet, records not attributed
 DUPLICATE_KEYS_DIR = "duplicate_keys"  # part-*.parquet, keys seen more than once
 SCHEMA_FILE = "schema.pbtxt"  # the TFMD schema used

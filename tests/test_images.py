@@ -1,0 +1,155 @@
+"""Images at dataset scale: PNG/float decoding, grid summaries, grid statistics, the CNN demo
+and `igbeam visualize` (`transforms/images.py`, `pipeline/demo_images.py`,
+`pipeline/visualize.py`)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+from helpers import read_attributions, read_parquet, write_records
+
+from pipeline.config import ConfigError, parse_config
+from pipeline.examples import to_example
+from pipeline.job import JobError, plan_job, run_job
+from transforms.images import cell_bounds, pool_grid, upsample_grid
+from transforms.statistics import IMAGE_GRIDS_SCHEMA
+
+H, W, C = 8, 6, 3
+GRID = (3, 4)  # uneven cells: rows 0,2,5,8; columns 0,1,3,4,6
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    return tf.io.encode_png(pixels.astype(np.uint8)).numpy()
+
+
+def _example(key: str, image: bytes | None, label: int = 0, **more) -> bytes:
+    features = {"key": key, "label": label, **more}
+    if image is not None:
+        features["img"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))
+    return to_example(features).SerializeToString()
+
+
+def _linear_model(path, weights: np.ndarray, bias: float = 0.5) -> str:
+    import keras
+
+    inp = keras.Input((H, W, C), name="img")
+    flat = keras.layers.Flatten()(inp)
+    out = keras.layers.Dense(1, name="y")(flat)
+    model = keras.Model(inp, out)
+    model.get_layer("y").set_weights([weights.reshape(-1, 1).astype(np.float32), np.array([bias])])
+    model.save(str(path))
+    return str(path)
+
+
+def _block_sums(values: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Per-cell sums of [N, H, W] values, written out with explicit loops (the reference)."""
+    rows, cols = cell_bounds(values.shape[1], grid[0]), cell_bounds(values.shape[2], grid[1])
+    out = np.zeros((len(values), grid[0], grid[1]))
+    for i in range(grid[0]):
+        for j in range(grid[1]):
+            out[:, i, j] = values[:, rows[i] : rows[i + 1], cols[j] : cols[j + 1]].sum(axis=(1, 2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def linear_png(tmp_path_factory):
+    """A model linear in the pixels and 24 PNG examples (two classes for slicing)."""
+    root = tmp_path_factory.mktemp("linear_png")
+    rng = np.random.default_rng(3)
+    weights = rng.normal(size=(H, W, C)).astype(np.float32)
+    model = _linear_model(root / "model.keras", weights)
+    pixels = rng.integers(0, 256, size=(24, H, W, C), dtype=np.uint8)
+    labels = np.arange(24) % 2
+    payloads = [
+        _example(f"k{i:02d}", _png(pixels[i]), int(labels[i]), group=["a", "b", "c"][i % 3])
+        for i in range(24)
+    ]
+    write_records(root / "data.tfrecord", payloads)
+    return root, model, weights, pixels, labels
+
+
+def _linear_config(root, model, out, **more) -> dict:
+    config = {
+        "model": {"path": model},
+        "input": {"pattern": str(root / "data.tfrecord"), "key": "key"},
+        "features": ["img"],
+        "passthrough": ["label", "group"],
+        "slices": [["group"]],
+        "attribution": {
+            "method": "gausslegendre",
+            "steps": 4,
+            "baseline": {"kind": "constant", "value": 1.0},  # white
+            "target": {"kind": "scalar"},
+        },
+        "batching": {"batch_size": 5, "max_rows_per_call": 64},
+        "images": {"img": {"encoding": "png", "scale": "unit", "grid": list(GRID)}},
+        "output": {"path": str(out), "full_image_attributions": True},
+    }
+    config.update(more)
+    return config
+
+
+def test_linear_model_from_png_bytes_through_the_pipeline(linear_png, tmp_path):
+    root, model, weights, pixels, labels = linear_png
+    out = tmp_path / "run"
+    summary = run_job(parse_config(_linear_config(root, model, out)))
+    assert summary["counts"]["examples_attributed"] == 24
+    assert summary["counts"]["dead_letters"] == 0
+    assert summary["images"]["img"]["grid"] == list(GRID)
+    assert (summary["images"]["img"]["height"], summary["images"]["img"]["width"]) == (H, W)
+
+    frame = read_attributions(out).set_index("key").sort_index()
+    index = np.array([int(k[1:]) for k in frame.index])
+    x = pixels[index].astype(np.float64) / 255.0
+    exact = weights[None].astype(np.float64) * (x - 1.0)  # IG of a linear model, white baseline
+    full = np.stack(frame["full_img"].to_numpy()).reshape(-1, H, W, C)
+    assert full.dtype == np.float16
+    np.testing.assert_allclose(full, exact, rtol=2e-3, atol=2e-3)  # float16 storage
+    grid = np.stack(frame["grid_img"].to_numpy()).reshape(-1, *GRID)
+    np.testing.assert_allclose(grid, _block_sums(np.abs(exact).sum(axis=3), GRID), rtol=1e-5)
+    np.testing.assert_allclose(frame["attr_img"], exact.reshape(len(x), -1).sum(1), atol=1e-5)
+    np.testing.assert_allclose(frame["delta"], 0.0, atol=1e-4)  # completeness
+    prediction = (weights[None] * x).reshape(len(x), -1).sum(1) + 0.5
+    np.testing.assert_allclose(frame["prediction"], prediction, atol=1e-4)
+
+    schema = pq.read_schema(next((out / "attributions").glob("*.parquet")))
+    assert str(schema.field("grid_img").type) == "list<element: float>"
+    assert str(schema.field("full_img").type) == "list<element: halffloat>"
+    assert str(schema.field("attr_img").type) == "double"
+    assert "in_img" not in schema.names
+
+    # image_grids.parquet: mean of the examples' grid cells per slice (all, group, target).
+    table = pq.read_table(out / "statistics" / "image_grids.parquet")
+    assert table.schema.equals(IMAGE_GRIDS_SCHEMA)
+    stats = table.to_pandas()
+    cells = np.stack(frame["grid_img"].to_numpy()).astype(np.float64)
+    expected = {("all", ""): np.ones(len(frame), bool)}
+    for value in "abc":
+        expected[("group", value)] = (frame["group"] == value).to_numpy()
+    expected[("target", "-1")] = np.ones(len(frame), bool)
+    assert {(r.slice_name, r.slice_value) for r in stats.itertuples()} == set(expected)
+    for row in stats.itertuples():
+        member = expected[(row.slice_name, row.slice_value)]
+        assert row.count == member.sum()
+        assert (row.grid_height, row.grid_width) == GRID
+        np.testing.assert_allclose(row.mean_abs, cells[member].mean(axis=0), rtol=1e-9)
+
+
+def test_without_full_attributions_only_the_grid_and_sum(linear_png, tmp_path):
+    root, model, weights, pixels, _ = linear_png
+    out = tmp_path / "run"
+    config = _linear_config(root, model, out)
+    config["output"]["full_image_attributions"] = False
+    config["images"]["img"] = {"grid": [2, 2]}  # encoding auto (BYTES: decoded), default scale
+    run_job(parse_config(config))
+    frame = read_attributions(out).set_index("key").sort_index()
+    assert "full_img" not in frame.columns
+    index = np.array([int(k[1:]) for k in frame.index])
+    exact = weights[None] * (pixels[index] / 255.0 - 1.0)
+    grid = np.stack(frame["grid_img"].to_numpy()).reshape(-1, 2, 2)
+    np.testing.assert_allclose(grid, _block_sums(np.abs(exact).sum(3), (2, 2)), rtol=1e-5)
