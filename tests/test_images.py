@@ -4,9 +4,6 @@ and `igbeam visualize` (`transforms/images.py`, `pipeline/demo_images.py`,
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -27,10 +24,10 @@ def _png(pixels: np.ndarray) -> bytes:
     return tf.io.encode_png(pixels.astype(np.uint8)).numpy()
 
 
-def _example(key: str, image: bytes | None, label: int = 0, **more) -> bytes:
+def _example(key: str, image: bytes | None, label: int = 0, name: str = "img", **more) -> bytes:
     features = {"key": key, "label": label, **more}
     if image is not None:
-        features["img"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))
+        features[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))
     return to_example(features).SerializeToString()
 
 
@@ -95,7 +92,7 @@ def _linear_config(root, model, out, **more) -> dict:
 
 
 def test_linear_model_from_png_bytes_through_the_pipeline(linear_png, tmp_path):
-    root, model, weights, pixels, labels = linear_png
+    root, model, weights, pixels, _ = linear_png
     out = tmp_path / "run"
     summary = run_job(parse_config(_linear_config(root, model, out)))
     assert summary["counts"]["examples_attributed"] == 24
@@ -153,3 +150,181 @@ def test_without_full_attributions_only_the_grid_and_sum(linear_png, tmp_path):
     exact = weights[None] * (pixels[index] / 255.0 - 1.0)
     grid = np.stack(frame["grid_img"].to_numpy()).reshape(-1, 2, 2)
     np.testing.assert_allclose(grid, _block_sums(np.abs(exact).sum(3), (2, 2)), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- the CNN demo
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    """The image demo's CNN (briefly trained) and 30 of its PNG examples."""
+    from pipeline import demo_images
+
+    root = tmp_path_factory.mktemp("cnn")
+    paths = demo_images.build(str(root), n=30, seed=2, epochs=2)
+    return root, paths
+
+
+def _cnn_config(paths, out, **attribution) -> dict:
+    return {
+        "model": {"path": paths["model"]},
+        "input": {"pattern": paths["data"], "schema": paths["schema"], "key": "key"},
+        "features": ["image"],
+        "passthrough": ["label"],
+        "attribution": {"method": "gausslegendre", "steps": 64, **attribution},
+        "batching": {"batch_size": 8, "max_rows_per_call": 512},
+        "images": {"image": {"encoding": "png", "grid": [4, 4]}},
+        "output": {"path": str(out)},
+    }
+
+
+def test_cnn_completeness_gausslegendre(cnn, tmp_path):
+    _, paths = cnn
+    out = tmp_path / "run"
+    summary = run_job(parse_config(_cnn_config(paths, out)))
+    assert summary["counts"]["examples_attributed"] == 30
+    frame = read_attributions(out)
+    gap = np.abs(frame["prediction"] - frame["baseline_prediction"])
+    assert (gap > 1e-3).all()  # black images score differently: the check below is not vacuous
+    np.testing.assert_array_less(np.abs(frame["delta"]), 0.05 * gap + 1e-4)
+    # attr_image is the signed sum the delta is computed from
+    np.testing.assert_allclose(
+        frame["attr_image"],
+        frame["prediction"] - frame["baseline_prediction"] + frame["delta"],
+        atol=1e-6,
+    )
+
+
+def test_cnn_noise_baseline_is_reproducible_per_key(cnn, tmp_path):
+    _, paths = cnn
+    noise = {"kind": "random_uniform", "low": 0.0, "high": 1.0, "samples": 2, "seed": 7}
+    frames = []
+    for batch_size in (4, 11):
+        config = _cnn_config(paths, tmp_path / f"b{batch_size}", steps=8, baseline=noise)
+        config["batching"]["batch_size"] = batch_size
+        config["output"]["full_image_attributions"] = True
+        run_job(parse_config(config))
+        frames.append(read_attributions(tmp_path / f"b{batch_size}").set_index("key").sort_index())
+    first, second = frames
+    assert list(first.index) == list(second.index)
+    np.testing.assert_allclose(
+        first["baseline_prediction"], second["baseline_prediction"], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.stack(first["full_image"].to_numpy()).astype(np.float32),
+        np.stack(second["full_image"].to_numpy()).astype(np.float32),
+        atol=1e-3,
+    )
+    # the draws differ between keys (a baseline of constants would pass the check above too)
+    assert first["baseline_prediction"].nunique() > 1
+
+
+def test_corrupt_image_is_a_dead_letter_and_neighbours_are_attributed(cnn, tmp_path):
+    from pipeline import demo_images
+
+    _, paths = cnn
+    images, labels = demo_images.make_images(6, seed=9)
+    payloads = [
+        _example(f"img-{i}", demo_images.png_bytes(images[i]), int(labels[i]), "image")
+        for i in range(6)
+    ]
+    payloads.insert(2, _example("bad-bytes", b"definitely not a PNG", 0, "image"))
+    payloads.insert(5, _example("no-image", None, 0, "image"))
+    data = tmp_path / "mixed.tfrecord"
+    write_records(data, payloads)
+    config = _cnn_config({**paths, "data": str(data)}, tmp_path / "run")
+    config["input"]["schema"] = None  # inferred: `image` present in most records
+    config["passthrough"] = []
+    config["max_dead_letter_fraction"] = 0.5
+    summary = run_job(parse_config(config))
+    assert summary["counts"]["examples_attributed"] == 6
+    assert summary["counts"]["dead_letters_by_stage"]["decode"] == 1
+    assert summary["counts"]["dead_letters_by_stage"]["validate"] == 1
+    dead = read_parquet(tmp_path / "run" / "dead_letter").set_index("key")
+    assert dead.loc["bad-bytes", "stage"] == "decode"
+    assert "cannot be decoded" in dead.loc["bad-bytes", "reason"]
+    assert "not a PNG" in dead.loc["bad-bytes", "reason"]
+    assert dead.loc["no-image", "stage"] == "validate"
+    assert "missing" in dead.loc["no-image", "reason"]
+    frame = read_attributions(tmp_path / "run")
+    assert sorted(frame["key"]) == [f"img-{i}" for i in range(6)]
+
+
+# ------------------------------------------------------------------ pooling and settings units
+
+
+def test_pool_grid_is_adaptive_pooling_with_floor_boundaries():
+    values = np.random.default_rng(0).normal(size=(3, 7, 5))
+    np.testing.assert_array_equal(cell_bounds(7, 3), [0, 2, 4, 7])
+    np.testing.assert_allclose(pool_grid(values, (3, 2)), _block_sums(values, (3, 2)))
+    np.testing.assert_allclose(pool_grid(values, (7, 5)), values)  # one pixel per cell
+    # upsampling spreads each cell's sum evenly over its pixels: the sums come back
+    grid = pool_grid(values, (3, 2))[0]
+    np.testing.assert_allclose(pool_grid(upsample_grid(grid, 7, 5)[None], (3, 2))[0], grid)
+
+
+@pytest.mark.parametrize(
+    ("images", "key", "message"),
+    [
+        ({"img": {"grid": [0, 2]}}, "images.img.grid[0]", "integer >= 1"),
+        ({"img": {"grid": 14}}, "images.img.grid", "two integers"),
+        ({"img": {"encoding": "gif"}}, "images.img.encoding", "png"),
+        ({"img": {"scale": "half"}}, "images.img.scale", "unit"),
+        ({"img": {"channels": 2}}, "images.img.channels", "1, 3 or 4"),
+        ({"img": {"height": 4, "grid": [5, 2]}}, "images.img.grid", "more cells"),
+        ({"img": {"size": 3}}, "images.img.size", "unknown key"),
+        ({"label": {}}, "images.label", "attributed feature"),
+        ([1], "images", "map"),
+    ],
+)
+def test_image_settings_errors_name_the_key(images, key, message):
+    config = {
+        "model": {"path": "m.keras"},
+        "input": {"pattern": "d.tfrecord"},
+        "features": ["img"],
+        "passthrough": ["label"],
+        "images": images,
+        "output": {"path": "out"},
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config)
+    assert caught.value.key == key
+    assert message in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (
+            {"img": {"height": 9, "grid": [2, 2]}},
+            "images.img.height: 9 differs from the model input's 8",
+        ),
+        ({"img": {"grid": [9, 2]}}, "images.img.grid: [9, 2] has more cells"),
+        ({"img": {"encoding": "floats"}}, "images.img.encoding: floats needs a FLOAT feature"),
+    ],
+)
+def test_image_settings_checked_against_the_model_before_beam(
+    linear_png, tmp_path, images, message
+):
+    root, model, *_ = linear_png
+    config = _linear_config(root, model, tmp_path / "run", images=images)
+    with pytest.raises(JobError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        plan_job(parse_config(config))
+
+
+def test_float_list_images(linear_png, tmp_path):
+    root, model, weights, pixels, _ = linear_png
+    values = pixels[:5].astype(np.float32) / 255.0
+    payloads = [_example(f"f{i}", None, 0, img=values[i].reshape(-1), group="a") for i in range(5)]
+    write_records(tmp_path / "floats.tfrecord", payloads)
+    config = _linear_config(root, model, tmp_path / "run")
+    config["input"]["pattern"] = str(tmp_path / "floats.tfrecord")
+    config["images"] = {"img": {"encoding": "floats", "grid": [2, 3]}}
+    run_job(parse_config(config))
+    frame = read_attributions(tmp_path / "run").set_index("key").sort_index()
+    exact = weights[None] * (values - 1.0)
+    np.testing.assert_allclose(
+        np.stack(frame["full_img"].to_numpy()).reshape(-1, H, W, C), exact, atol=2e-3
+    )
+    grid = np.stack(frame["grid_img"].to_numpy()).reshape(-1, 2, 3)
+    np.testing.assert_allclose(grid, _block_sums(np.abs(exact).sum(3), (2, 3)), rtol=1e-5)

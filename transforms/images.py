@@ -86,7 +86,8 @@ class ImageConfig:
         it (bilinear). None: the model input's size.
       channels: Channels decoded (1 gray, 3 RGB, 4 RGBA); None: the model input's.
       scale: One of `SCALES` (encoded images only; float lists are used as stored).
-      grid: [GH, GW] cells of the per-example summary grid (each <= the image's size).
+      grid: [GH, GW] cells of the per-example summary grid (each <= the image's size); None:
+        `DEFAULT_GRID`, or the image's size where that is smaller.
     """
 
     encoding: str = setting("auto", check=Choice(ENCODINGS, "image encoding"))
@@ -94,7 +95,7 @@ class ImageConfig:
     width: int | None = setting(None, check=Integer(1))
     channels: int | None = setting(None, check=Integer(1))
     scale: str = setting("unit", check=Choice(SCALES, "scale"))
-    grid: tuple[int, int] = setting(DEFAULT_GRID, check=_Grid())
+    grid: tuple[int, int] | None = setting(None, check=_Grid())
 
     def cross_check(self, prefix: str) -> None:
         """Encoded images have 1, 3 or 4 channels; the grid fits a given size."""
@@ -103,11 +104,12 @@ class ImageConfig:
             raise SettingsError(
                 f"must be 1, 3 or 4 for encoded images, got {self.channels}", where + "channels"
             )
-        for size, cells in ((self.height, self.grid[0]), (self.width, self.grid[1])):
-            if size is not None and cells > size:
+        grid = self.grid or (0, 0)
+        for axis, size, cells in (("height", self.height, grid[0]), ("width", self.width, grid[1])):
+            if size is not None and self.grid is not None and cells > size:
                 raise SettingsError(
                     f"{list(self.grid)} has more cells than the image has pixels "
-                    f"({self.height}x{self.width})",
+                    f"({cells} > {axis} {size})",
                     where + "grid",
                 )
 
@@ -217,9 +219,10 @@ def resolve_image(
                 f"{given} differs from the model input's {actual} (shape {list(shape)})",
                 f"{prefix}.{key}",
             )
-    if config.grid[0] > height or config.grid[1] > width:
+    grid = config.grid or (min(DEFAULT_GRID[0], height), min(DEFAULT_GRID[1], width))
+    if grid[0] > height or grid[1] > width:
         raise SettingsError(
-            f"{list(config.grid)} has more cells than the image has pixels ({height}x{width})",
+            f"{list(grid)} has more cells than the image has pixels ({height}x{width})",
             f"{prefix}.grid",
         )
     encoding = config.encoding
@@ -238,7 +241,7 @@ def resolve_image(
                 f"{prefix}.channels",
             )
     return ImageSpec(
-        name, encoding, height, width, channels, config.scale, tuple(config.grid), shape, decode
+        name, encoding, height, width, channels, config.scale, tuple(grid), shape, decode
     )
 
 
