@@ -5,6 +5,7 @@
   igbeam compare --baseline RUN_A --current RUN_B [--config thresholds.yaml] --out DIR
   igbeam monitor --config nightly.yaml [--date YYYY-MM-DD] [Beam options ...]
   igbeam report RUN [--compare BASELINE_RUN | --drift DIR] --out report.html
+  igbeam visualize RUN --examples K --out DIR [--keys k1,k2]
 
 Unknown options are handed to Beam untouched (`--runner`, `--direct_num_workers`,
 `--temp_location`, `--setup_file`, ...), so the same command runs on the DirectRunner, Dataflow or
@@ -136,6 +137,15 @@ def _parser() -> argparse.ArgumentParser:
         help="rows read from the attributions and dead letters, at most (default 10000)",
     )
     report.add_argument("--verbose", action="store_true", help="stack traces")
+    visualize = sub.add_parser(
+        "visualize",
+        help="image attributions of a run as PNGs (original, mask, overlay) and index.html",
+    )
+    visualize.add_argument("run", help="the run's output.path")
+    visualize.add_argument("--examples", type=int, default=8, metavar="K", help="how many")
+    visualize.add_argument("--keys", default=None, help="comma-separated example keys instead")
+    visualize.add_argument("--out", required=True, help="the directory to write into")
+    visualize.add_argument("--verbose", action="store_true", help="stack traces")
     return parser
 
 
@@ -420,6 +430,18 @@ def report_comparison(comparison: Any, out: str, drift_exit_code: int) -> int:
     return drift_exit_code if breached else EXIT_OK
 
 
+def _visualize(args: argparse.Namespace) -> int:
+    from pipeline.visualize import VisualizeError, visualize
+
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
+    try:
+        done = visualize(args.run, args.out, examples=args.examples, keys=keys)
+    except VisualizeError as err:
+        return _fail(str(err))
+    print(f"igbeam: wrote {len(done.files)} images of {len(done.keys)} examples: {done.index}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `igbeam` console script; returns the exit code."""
     args, beam_args = _parser().parse_known_args(argv)
@@ -443,6 +465,8 @@ def _main(args: argparse.Namespace, beam_args: list[str]) -> int:
             return _compare(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "visualize":
+            return _visualize(args)
     except Exception as err:
         if args.verbose:
             raise

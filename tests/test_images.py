@@ -328,3 +328,63 @@ def test_float_list_images(linear_png, tmp_path):
     )
     grid = np.stack(frame["grid_img"].to_numpy()).reshape(-1, 2, 3)
     np.testing.assert_allclose(grid, _block_sums(np.abs(exact).sum(3), (2, 3)), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- visualize
+
+
+def _decode_png(path) -> np.ndarray:
+    return tf.io.decode_png(open(path, "rb").read()).numpy()
+
+
+def test_visualize_writes_pngs_and_index_for_a_sample_and_for_keys(linear_png, tmp_path, capsys):
+    from pipeline.cli import main
+    from pipeline.visualize import DISPLAY_HEIGHT
+
+    root, model, weights, pixels, _ = linear_png
+    run = tmp_path / "run"
+    run_job(parse_config(_linear_config(root, model, run)))
+
+    assert main(["visualize", str(run), "--examples", "3", "--out", str(tmp_path / "v")]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "v").glob("*.png"))
+    assert len(pngs) == 9  # original, mask, overlay for 3 examples
+    page = (tmp_path / "v" / "index.html").read_text()
+    assert page.count("<tr>") == 3
+    assert "stored attributions" in page
+
+    keys = "k05,k17"
+    out = tmp_path / "keys"
+    assert main(["visualize", str(run), "--keys", keys, "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert page.index("k05") < page.index("k17") and page.count("<tr>") == 2
+    # the original is the example's own image (enlarged by a whole factor, nearest neighbour)
+    original = _decode_png(out / "0000_img_original.png")
+    factor = original.shape[0] // H
+    assert original.shape[0] >= DISPLAY_HEIGHT - H
+    np.testing.assert_array_equal(original[::factor, ::factor], pixels[5])
+    # the mask is the tutorial's: |w (x - 1)| summed over channels, normalised at p99
+    mask = _decode_png(out / "0000_img_mask.png")[::factor, ::factor]
+    strength = np.abs(weights * (pixels[5] / 255.0 - 1.0)).sum(axis=2)
+    brightest = np.unravel_index(np.argmax(mask.astype(int).sum(axis=2)), (H, W))
+    assert strength[brightest] >= np.percentile(strength, 90)
+
+
+def test_visualize_from_the_grid_and_errors(linear_png, tmp_path, capsys):
+    from pipeline.cli import main
+
+    root, model, *_ = linear_png
+    run = tmp_path / "run"
+    config = _linear_config(root, model, run)
+    config["output"]["full_image_attributions"] = False
+    run_job(parse_config(config))
+    out = tmp_path / "v"
+    assert main(["visualize", str(run), "--examples", "2", "--out", str(out)]) == 0
+    assert "upsampled" in (out / "index.html").read_text()
+    assert len(list(out.glob("*_overlay.png"))) == 2
+
+    capsys.readouterr()
+    code = main(["visualize", str(run), "--keys", "k01,nope", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == "igbeam: error: unknown key(s) in the run's attributions: nope"
+    assert not (tmp_path / "x").exists()
