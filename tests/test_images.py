@@ -388,3 +388,19 @@ def test_visualize_from_the_grid_and_errors(linear_png, tmp_path, capsys):
     assert code == 2
     assert err == "igbeam: error: unknown key(s) in the run's attributions: nope"
     assert not (tmp_path / "x").exists()
+
+
+def test_report_embeds_the_mean_grid_per_class(linear_png, tmp_path):
+    from pipeline.report import write_report
+    from pipeline.report_images import read_image_grids
+
+    root, model, *_ = linear_png
+    run = tmp_path / "run"
+    run_job(parse_config(_linear_config(root, model, run)))
+    written = write_report(str(run), str(tmp_path / "report.html"))
+    page = (tmp_path / "report.html").read_text()
+    assert '<section id="images">' in page
+    assert page.count('data-chart="image-grid-img"') == 1
+    assert written["charts"] >= 1
+    grids = read_image_grids(str(run))
+    assert {r["slice_name"] for r in grids} == {"all", "group", "target"}
