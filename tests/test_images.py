@@ -404,3 +404,54 @@ def test_report_embeds_the_mean_grid_per_class(linear_png, tmp_path):
     assert written["charts"] >= 1
     grids = read_image_grids(str(run))
     assert {r["slice_name"] for r in grids} == {"all", "group", "target"}
+
+
+def test_images_decoded_by_a_preprocessing_model(linear_png, tmp_path):
+    root, model, weights, pixels, _ = linear_png
+
+    class Decode(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def parse(self, examples):
+            parsed = tf.io.parse_example(examples, {"img": tf.io.FixedLenFeature([], tf.string)})
+            images = tf.map_fn(
+                lambda b: tf.io.decode_png(b, channels=C),
+                parsed["img"],
+                fn_output_signature=tf.TensorSpec([H, W, C], tf.uint8),
+            )
+            return {"img": tf.cast(images, tf.float32) / 255.0}
+
+    module = Decode()
+    tf.saved_model.save(module, str(tmp_path / "pre"), signatures={"serving_default": module.parse})
+    config = _linear_config(root, model, tmp_path / "run")
+    config["model"]["preprocess_path"] = str(tmp_path / "pre")
+    config["images"] = {"img": {"grid": list(GRID)}}
+    summary = run_job(parse_config(config))
+    assert summary["images"]["img"]["grid"] == list(GRID)
+    frame = read_attributions(tmp_path / "run").set_index("key").sort_index()
+    index = np.array([int(k[1:]) for k in frame.index])
+    exact = weights[None] * (pixels[index] / 255.0 - 1.0)
+    grid = np.stack(frame["grid_img"].to_numpy()).reshape(-1, *GRID)
+    np.testing.assert_allclose(grid, _block_sums(np.abs(exact).sum(3), GRID), rtol=1e-5)
+
+
+def test_decode_resizes_scales_and_checks_the_format():
+    from transforms.images import ImageSpec, decode_column
+
+    rng = np.random.default_rng(1)
+    big = rng.integers(0, 256, size=(10, 12, 3), dtype=np.uint8)
+    spec = ImageSpec("img", "png", 5, 6, 3, "none", (2, 2), (5, 6, 3))
+    jpeg = tf.io.encode_jpeg(big).numpy()
+    pixels, missing, broken = decode_column([[_png(big)], [jpeg], [], [b"a", b"b"]], spec)
+    expected = tf.image.resize(big.astype(np.float32), (5, 6), method="bilinear").numpy()
+    np.testing.assert_allclose(pixels[0], expected, atol=1e-4)  # resized, 0..255 (scale none)
+    assert broken[1].startswith("image feature 'img' cannot be decoded: not a PNG image")
+    assert missing[2] == "image feature 'img' is missing"
+    assert missing[3] == "image feature 'img' has 2 values, expected 1"
+    assert (missing[0], broken[0], missing[1]) == ("", "", "")
+    as_jpeg = spec._replace(encoding="jpeg", scale="unit", height=10, width=12)
+    decoded, _, broken = decode_column([[jpeg]], as_jpeg)
+    assert broken == [""]
+    np.testing.assert_allclose(decoded[0], tf.io.decode_jpeg(jpeg).numpy() / 255.0, atol=1e-6)
+    gray = spec._replace(channels=1, height=10, width=12, scale="unit")
+    decoded, _, _ = decode_column([[_png(big)]], gray)
+    assert decoded.shape == (1, 10, 12, 1) and decoded.max() <= 1.0
