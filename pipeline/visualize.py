@@ -98,6 +98,7 @@ def image_specs(summary: dict[str, Any]) -> dict[str, ImageSpec]:
             info.get("scale", given.get("scale") or "unit"),
             tuple(info["grid"]),
             shape,
+            info.get("decoded_by", "igbeam") == "igbeam",
         )
     return specs
 
@@ -154,6 +155,12 @@ def _originals(
 
 
 def _original_pixels(values: list, spec: ImageSpec) -> np.ndarray:
+    """The image as the model saw it; one a preprocessing model decoded is decoded here as
+    encoding `auto`, scale `unit` (a float list as stored)."""
+    if not spec.decode:
+        spec = spec._replace(encoding="auto", scale="unit")
+        if values and not isinstance(values[0], bytes):
+            spec = spec._replace(encoding="floats")
     if spec.encoding == "floats":
         return np.asarray(values, np.float32).reshape(spec.height, spec.width, spec.channels)
     return decode_image(values[0], spec)
@@ -184,8 +191,7 @@ def visualize(
     names = table.schema.names
     chosen = _pick(table.column(KEY_COLUMN).to_pylist(), examples, keys)
     position = {k: i for i, k in enumerate(table.column(KEY_COLUMN).to_pylist())}
-    decoded = [name for name, spec in specs.items() if spec.decode]
-    originals = _originals(summary["config"], chosen, decoded)
+    originals = _originals(summary["config"], chosen, list(specs))
     missing = [k for k in chosen if k not in originals]
     if missing:
         raise VisualizeError(f"cannot find the original records of key(s) {', '.join(missing[:5])}")
@@ -205,7 +211,8 @@ def visualize(
             try:
                 pixels = _original_pixels(originals[key][name], spec)
             except (ValueError, KeyError, IndexError) as err:
-                raise VisualizeError(f"key {key}: cannot decode {name!r}: {err}") from err
+                how = "" if spec.decode else " (the run's preprocessing model decoded it)"
+                raise VisualizeError(f"key {key}: cannot decode {name!r}{how}: {err}") from err
             image = to_rgb(pixels, spec.scale)
             mask = attribution_mask(attributions)
             pictures = {

@@ -425,6 +425,7 @@ def test_images_decoded_by_a_preprocessing_model(linear_png, tmp_path):
     config = _linear_config(root, model, tmp_path / "run")
     config["model"]["preprocess_path"] = str(tmp_path / "pre")
     config["images"] = {"img": {"grid": list(GRID)}}
+    config["output"]["full_image_attributions"] = False
     summary = run_job(parse_config(config))
     assert summary["images"]["img"]["grid"] == list(GRID)
     frame = read_attributions(tmp_path / "run").set_index("key").sort_index()
@@ -432,6 +433,15 @@ def test_images_decoded_by_a_preprocessing_model(linear_png, tmp_path):
     exact = weights[None] * (pixels[index] / 255.0 - 1.0)
     grid = np.stack(frame["grid_img"].to_numpy()).reshape(-1, *GRID)
     np.testing.assert_allclose(grid, _block_sums(np.abs(exact).sum(3), GRID), rtol=1e-5)
+    assert summary["images"]["img"]["decoded_by"] == "model"
+    # visualize re-reads the PNG itself (from the grid: no full attributions stored here)
+    from pipeline.visualize import visualize
+
+    shown = visualize(str(tmp_path / "run"), str(tmp_path / "v"), keys=["k03"])
+    assert shown.source == {"img": "grid"} and len(shown.files) == 3
+    original = _decode_png(tmp_path / "v" / "0000_img_original.png")
+    factor = original.shape[0] // H
+    np.testing.assert_array_equal(original[::factor, ::factor], pixels[3])
 
 
 def test_decode_resizes_scales_and_checks_the_format():

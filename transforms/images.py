@@ -176,6 +176,7 @@ class ImageSpec(NamedTuple):
             "grid": list(self.grid),
             "encoding": self.encoding,
             "scale": self.scale,
+            "decoded_by": "igbeam" if self.decode else "model",
         }
 
 
