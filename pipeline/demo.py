@@ -136,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code:
         return code
     print(f"\nOpen the report in a browser (no server needed): {os.path.abspath(report)}")
+    print(
+        "Image demo (a CNN on generated shapes, data in "
+        f"{os.path.join(args.dir, 'images')}/): igbeam run --config configs/demo_images.yaml"
+    )
     return 0
 
 

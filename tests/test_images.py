@@ -465,3 +465,25 @@ def test_decode_resizes_scales_and_checks_the_format():
     gray = spec._replace(channels=1, height=10, width=12, scale="unit")
     decoded, _, _ = decode_column([[_png(big)]], gray)
     assert decoded.shape == (1, 10, 12, 1) and decoded.max() <= 1.0
+
+
+def test_image_settings_round_trip_and_override(tmp_path):
+    import yaml
+
+    from pipeline.config import JobConfig, load_config
+
+    config = {
+        "model": {"path": "m.keras"},
+        "input": {"pattern": "d.tfrecord"},
+        "images": {"img": {"encoding": "jpeg", "height": 32, "grid": [4, 8]}, "other": None},
+        "output": {"path": "out", "full_image_attributions": True},
+    }
+    job = parse_config(config)
+    assert job.images["img"].grid == (4, 8) and job.images["other"].grid is None
+    assert job.output.full_image_attributions is True
+    assert JobConfig.from_dict(job.to_dict()) == job
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    changed = load_config(str(path), ["images={img: {grid: [2, 2], scale: none}}"])
+    assert changed.images["img"].grid == (2, 2) and changed.images["img"].scale == "none"
+    assert set(changed.images) == {"img"}
