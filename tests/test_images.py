@@ -487,3 +487,35 @@ def test_image_settings_round_trip_and_override(tmp_path):
     changed = load_config(str(path), ["images={img: {grid: [2, 2], scale: none}}"])
     assert changed.images["img"].grid == (2, 2) and changed.images["img"].scale == "none"
     assert set(changed.images) == {"img"}
+
+
+def test_grid_statistics_merge_in_any_grouping():
+    import pyarrow as pa
+
+    from transforms.statistics import AttributionStatsCombineFn
+
+    rng = np.random.default_rng(4)
+    n, cells = 12, 6
+    grids = rng.random((n, cells)).astype(np.float32)
+    batch = pa.record_batch(
+        {
+            "key": [f"k{i}" for i in range(n)],
+            "target": pa.array(np.arange(n) % 3, pa.int64()),
+            "prediction": rng.random(n),
+            "delta": np.zeros(n),
+            "attr_img": rng.normal(size=n),
+            "grid_img": pa.array(list(grids), pa.list_(pa.float32())),
+        }
+    )
+    fn = AttributionStatsCombineFn(features=["img"], replicates=3, image_grids={"img": (2, 3)})
+    whole = fn.extract_output(fn.add_input(fn.create_accumulator(), batch)).image_grids
+    parts = [fn.add_input(fn.create_accumulator(), batch.slice(i, 4)) for i in (8, 0, 4)]
+    merged = fn.extract_output(fn.merge_accumulators(parts)).image_grids
+    assert whole.schema.equals(IMAGE_GRIDS_SCHEMA) and whole.num_rows == 4  # all + 3 classes
+    for table in (whole, merged):
+        rows = {(r["slice_name"], r["slice_value"]): r for r in table.to_pylist()}
+        np.testing.assert_allclose(rows[("all", "")]["mean_abs"], grids.mean(0), rtol=1e-6)
+        for c in range(3):
+            row = rows[("target", str(c))]
+            assert row["count"] == 4
+            np.testing.assert_allclose(row["mean_abs"], grids[c::3].mean(0), rtol=1e-6)

@@ -25,6 +25,8 @@ KLL sketch (`transforms.sketches`, <= 24 KB each); top values from
   such histograms onto the union of their boundaries, as TFDV does);
 * ``inputs``: per (slice, input feature) value statistics, numeric (count, missing, NaN, mean,
   std, min, max) or categorical (top values with approximate counts, a distinct estimate);
+* ``image_grids`` (with ``image_grids``): per (slice, image feature) the mean of each cell of
+  the examples' ``grid_<feature>`` summary grids (`transforms.images`);
 * with ``replicates`` R > 0, the same statistics for R deterministic sub-samples of every slice
   (example in replicate ``crc32("replicate:" + key) % R``): ``feature_replicates``,
   ``slice_replicates`` and rows of ``histograms``/``inputs`` with ``replicate`` >= 0 (``-1`` is
