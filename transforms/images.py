@@ -388,9 +388,10 @@ def to_rgb(image: np.ndarray, scale: str = "unit") -> np.ndarray:
 
 
 def overlay(image_rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """The mask (colour-mapped) over the dimmed grayscale image; RGB in [0, 1]."""
-    gray = image_rgb.mean(axis=2, keepdims=True) * 0.5
-    return np.clip((1 - alpha) * gray + alpha * _heat(mask) * mask[..., None] ** 0.5, 0.0, 1.0)
+    """The mask (colour-mapped) over the grayscale image, as the tutorial draws it (the mask,
+    then the image at 1 - `alpha` opacity); RGB in [0, 1]."""
+    gray = image_rgb.mean(axis=2, keepdims=True)
+    return np.clip((1 - alpha) * gray + alpha * _heat(mask), 0.0, 1.0)
 
 
 def mask_rgb(mask: np.ndarray) -> np.ndarray:
