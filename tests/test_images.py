@@ -519,3 +519,26 @@ def test_grid_statistics_merge_in_any_grouping():
             row = rows[("target", str(c))]
             assert row["count"] == 4
             np.testing.assert_allclose(row["mean_abs"], grids[c::3].mean(0), rtol=1e-6)
+
+
+def test_images_from_an_igbeam_export(linear_png, tmp_path):
+    import yaml
+
+    from pipeline.cli import main
+
+    root, model, weights, pixels, _ = linear_png
+    config = _linear_config(root, model, tmp_path / "run")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["export", "--config", str(path), "--out", str(tmp_path / "exp")]) == 0
+    exported = tmp_path / "exp"
+    config["model"] = {"path": str(exported), "signature": "integrated_gradients"}
+    summary = run_job(parse_config(config))
+    assert summary["counts"]["examples_attributed"] == 24
+    frame = read_attributions(tmp_path / "run").set_index("key").sort_index()
+    index = np.array([int(k[1:]) for k in frame.index])
+    exact = weights[None] * (pixels[index] / 255.0 - 1.0)
+    grid = np.stack(frame["grid_img"].to_numpy()).reshape(-1, *GRID)
+    np.testing.assert_allclose(grid, _block_sums(np.abs(exact).sum(3), GRID), rtol=1e-4)
+    full = np.stack(frame["full_img"].to_numpy()).reshape(-1, H, W, C)
+    np.testing.assert_allclose(full, exact, rtol=2e-3, atol=2e-3)
