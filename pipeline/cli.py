@@ -7,6 +7,7 @@
   igbeam report RUN [--compare BASELINE_RUN | --drift DIR] --out report.html
   igbeam import-vertex --spec SPEC.json [--model PATH] [--input PATTERN] [--output DIR]
                        --out job.yaml
+  igbeam visualize RUN --examples K --out DIR [--keys k1,k2]
 
 Unknown options are handed to Beam untouched (`--runner`, `--direct_num_workers`,
 `--temp_location`, `--setup_file`, ...), so the same command runs on the DirectRunner, Dataflow or
@@ -157,6 +158,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     vertex.add_argument("--out", required=True, help="the job YAML to write")
     vertex.add_argument("--verbose", action="store_true", help="stack traces")
+    visualize = sub.add_parser(
+        "visualize",
+        help="image attributions of a run as PNGs (original, mask, overlay) and index.html",
+    )
+    visualize.add_argument("run", help="the run's output.path")
+    visualize.add_argument("--examples", type=int, default=8, metavar="K", help="how many")
+    visualize.add_argument("--keys", default=None, help="comma-separated example keys instead")
+    visualize.add_argument("--out", required=True, help="the directory to write into")
+    visualize.add_argument("--verbose", action="store_true", help="stack traces")
     return parser
 
 
@@ -477,6 +487,17 @@ def _import_vertex(args: argparse.Namespace) -> int:
     for note in translation.notes:
         print(f"igbeam: note: {note}")
     print(f"igbeam: wrote {args.out}")
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    from pipeline.visualize import VisualizeError, visualize
+
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
+    try:
+        done = visualize(args.run, args.out, examples=args.examples, keys=keys)
+    except VisualizeError as err:
+        return _fail(str(err))
+    print(f"igbeam: wrote {len(done.files)} images of {len(done.keys)} examples: {done.index}")
     return EXIT_OK
 
 
@@ -505,6 +526,8 @@ def _main(args: argparse.Namespace, beam_args: list[str]) -> int:
             return _report(args)
         if args.command == "import-vertex":
             return _import_vertex(args)
+        if args.command == "visualize":
+            return _visualize(args)
     except Exception as err:
         if args.verbose:
             raise

@@ -57,6 +57,7 @@ from attribution.settings import (
     ModelConfig,
     Target,
 )
+from transforms.images import ImageConfig, Images
 from transforms.settings import StatisticsConfig
 
 __all__ = [
@@ -218,6 +219,8 @@ class OutputConfig:
         batch explanation writes it (`explanations/part-<file>-<block>.jsonl[.gz]`).
       compression: With `vertex_jsonl`: `none` or `gzip`.
       vertex: With `vertex_jsonl`: Vertex names (`VertexOutputConfig`).
+      full_image_attributions: Also write each image feature's every attribution
+        (`full_<feature>`, float16), not only its grid and sum (`transforms.images`).
     """
 
     path: str = setting(check=Text(), path=True)
@@ -231,6 +234,7 @@ class OutputConfig:
     vertex: VertexOutputConfig = setting(
         VertexOutputConfig(), check=Section(VertexOutputConfig), when=("format", "vertex_jsonl")
     )
+    full_image_attributions: bool = setting(False, check=Boolean())
 
 
 class _Slices(Check):
@@ -276,6 +280,8 @@ class JobConfig:
       output: The output location.
       max_dead_letter_fraction: The job fails when more than this fraction of records is
         dead-lettered.
+      images: Image features (attributed model inputs) -> how they are decoded and summarised
+        (`transforms.images.ImageConfig`).
     """
 
     model: ModelConfig = setting(check=Section(ModelConfig))
@@ -289,6 +295,7 @@ class JobConfig:
     workers: WorkersConfig = setting(WorkersConfig(), check=Section(WorkersConfig))
     output: OutputConfig = setting(check=Section(OutputConfig))
     max_dead_letter_fraction: float = setting(0.01, check=Number(0.0, 1.0))
+    images: Mapping[str, ImageConfig] = setting({}, check=Images())
 
     def cross_check(self, prefix: str) -> None:
         """Rules between sections: features vs passthrough, slices, baseline feature maps."""
@@ -312,6 +319,12 @@ class JobConfig:
             self.attribution.baseline.check_features(features, "attribution.baseline")
             if self.attribution.smoothgrad is not None and self.attribution.layer is None:
                 self.attribution.smoothgrad.check_features(features, "attribution.smoothgrad")
+        for name in self.images:
+            if name in passthrough or (features is not None and name not in features):
+                raise ConfigError(
+                    "an image feature must be an attributed feature (in features, not passthrough)",
+                    f"images.{name}",
+                )
 
     def input_features(self) -> tuple[str, ...] | None:
         """Returns every feature the job must read from the examples.

@@ -115,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"igbeam demo: building a model and {args.examples} examples in {args.dir}/ ...")
     with quiet_native_logs(enabled=not args.verbose):
         config_path = prepare(args.dir, args.examples)
+        from pipeline import demo_images
+
+        demo_images.build(os.path.join(args.dir, "images"))  # configs/demo_images.yaml
     verbose = ["--verbose"] if args.verbose else []
     code = cli_main(["run", "--config", config_path, *verbose, *beam_args])
     if code:
@@ -138,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with quiet_native_logs(enabled=not args.verbose):
         text_dir = demo_text.build(os.path.join(args.dir, "text"))
     print(f"Text demo inputs in {text_dir}/: igbeam run --config configs/demo_text.yaml")
+    print(
+        "Image demo (a CNN on generated shapes, data in "
+        f"{os.path.join(args.dir, 'images')}/): igbeam run --config configs/demo_images.yaml"
+    )
     return 0
 
 

@@ -39,7 +39,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from attribution import ModelLoadError
-from attribution.errors import one_line
+from attribution.errors import SettingsError, one_line
 from attribution.savedmodel import IG_SIGNATURE
 from pipeline.config import JobConfig
 from pipeline.console import ProgressPrinter
@@ -77,6 +77,7 @@ from transforms.constants import (
 )
 from transforms.dead_letters import DEAD_LETTER_SCHEMA
 from transforms.decode import feature_names, infer_schema, load_schema, schema_to_text
+from transforms.images import ImageSpec, resolve_image
 from transforms.outputs import (
     DUPLICATE_KEYS_SCHEMA,
     TOTAL_GROUPS,
@@ -139,6 +140,7 @@ class Plan:
     baseline_reference: dict[str, Any] | None = None  # data-derived baseline (summary.json)
     padded: list[str] = dataclasses.field(default_factory=list)  # layers with padding (nulls)
     jsonl: JsonlSettings | None = None  # output.format vertex_jsonl: how lines are written
+    images: dict[str, ImageSpec] = dataclasses.field(default_factory=dict)
 
 
 def _join(*parts: str) -> str:
@@ -221,10 +223,13 @@ def plan_job(config: JobConfig) -> Plan:
     for name in (*config.passthrough, config.input.key, config.attribution.target.feature):
         if name is not None and name not in in_schema:
             raise JobError(f"feature {name!r} is not in the schema")
+    images = _plan_images(config, loaded, schema)
     # Attributed features read from the examples (not a layer, not a preprocessing model's
-    # output) also get their input values into the results, for statistics and the output.
+    # output, not an image) also get their input values into the results, for statistics.
     input_features = [
-        n for n in loaded.attributed_names if n in loaded.feature_specs and n in in_schema
+        n
+        for n in loaded.attributed_names
+        if n in loaded.feature_specs and n in in_schema and n not in images
     ]
     token_layers = _token_layers(loaded, schema)
     try:
@@ -238,6 +243,8 @@ def plan_job(config: JobConfig) -> Plan:
             token_layers=token_layers,
             output_rank=config.attribution.target.multi,
             output_name=config.attribution.display_names is not None,
+            images=images,
+            full_images=config.output.full_image_attributions,
         )
     except ValueError as err:
         raise JobError(f"attribution: {err}") from err
@@ -277,6 +284,7 @@ def plan_job(config: JobConfig) -> Plan:
         baseline_reference=baseline_reference,
         padded=[loaded.layer] if getattr(loaded, "padding", None) is not None else [],
         jsonl=jsonl,
+        images=images,
     )
 
 
@@ -392,6 +400,40 @@ def _token_layers(loaded: Attributor, schema: Any) -> list[str]:
     return [loaded.layer]
 
 
+def _attributed_shape(loaded: Attributor, name: str) -> tuple[int | None, ...]:
+    """The per-example shape of an attributed tensor (engine or export)."""
+    engine = getattr(loaded, "engine", None)
+    if engine is not None:
+        return tuple(engine.attributed_specs[name].shape[1:].as_list())
+    return tuple(loaded.exported.output_shape(name).as_list())  # type: ignore[attr-defined]
+
+
+def _plan_images(config: JobConfig, loaded: Attributor, schema: Any) -> dict[str, ImageSpec]:
+    """The `images` entries checked against the model and the schema (`resolve_image`)."""
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    if not config.images:
+        return {}
+    if loaded.layer is not None:
+        raise JobError("images: image summaries need input attributions, not attribution.layer")
+    types = {f.name: schema_pb2.FeatureType.Name(f.type) for f in schema.feature}
+    images = {}
+    for name, image in config.images.items():
+        if name not in loaded.attributed_names:
+            raise JobError(
+                f"images.{name}: not an attributed feature "
+                f"(attributed: {', '.join(loaded.attributed_names)})"
+            )
+        decode = name in loaded.feature_specs
+        try:
+            images[name] = resolve_image(
+                name, image, _attributed_shape(loaded, name), types.get(name), decode
+            )
+        except SettingsError as err:
+            raise JobError(str(err)) from err
+    return images
+
+
 def statistics_arguments(plan: Plan) -> dict[str, Any]:
     """Keyword arguments of `AttributionStatsCombineFn` for a plan's `statistics` settings.
 
@@ -405,6 +447,8 @@ def statistics_arguments(plan: Plan) -> dict[str, Any]:
         "histogram_buckets": settings.histogram_buckets,
         "top_values": settings.top_values,
     }
+    if plan.images:
+        arguments["image_grids"] = {name: image.grid for name, image in plan.images.items()}
     if not settings.inputs:
         return arguments
     numeric, vectors, categorical = [], [], []
@@ -467,6 +511,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan) -> None:
         key_feature=config.input.key,
         passthrough=config.passthrough,
         input_features=plan.input_features,
+        images=plan.images,
     )
     _ = attributed | "WriteOutputs" >> WriteRunOutputs(
         config.output.path,
@@ -775,6 +820,8 @@ def run_job(
             "compression": config.output.compression,
             "files": _count_files(_join(out, EXPLANATIONS_DIR, "part-*")),
         }
+    if plan.images:
+        summary["images"] = {name: image.summary() for name, image in plan.images.items()}
     if plan.output_schema.get_field_index(STEPS_COLUMN) >= 0:
         summary["adaptive_steps"] = _adaptive_steps(config, counted["counts"])
     failure = None

@@ -839,6 +839,15 @@ def _read_drift(directory: str) -> Comparison:
 # ------------------------------------------------------------------------------------ entry
 
 
+def _images(page: _Page, data: _RunData, charts: _Charts) -> None:
+    """Mean |attribution| grids per class of the run's image features (`report_images`)."""
+    from pipeline.report_images import image_section
+
+    content = image_section(data.path, charts.plt, charts.svg)
+    if content is not None:
+        page.section("images", "Image attributions", content)
+
+
 def write_report(
     run: str,
     out: str,
@@ -899,6 +908,7 @@ def write_report(
     top = [r["feature"] for r in rows if r["count"]]
     _slices(page, data, charts, top)
     _distributions(page, data, charts, top)
+    _images(page, data, charts)
     _completeness(page, data, charts)
     _dead_letters(page, data, charts)
     _examples(page, data, charts, [r["feature"] for r in rows])

@@ -525,6 +525,7 @@ def test_the_rebuilt_pipeline_runs_to_the_same_outputs(workspace, tmp_path):
 # ------------------------------------------------------------------- comparing statistics tables
 
 SUMMED = {
+    "mean_abs",  # image_grids
     "mean_attributions",
     "mean_absolute_attributions",
     "total_attributions",
@@ -611,6 +612,7 @@ STATS_CONFIG = dict(
     vector_inputs=[("tokens", "in_tokens")],
     categorical_inputs=[("country", "country")],
     top_values=3,
+    image_grids={"img": (2, 3)},
 )
 COUNTRIES = ["DE", "US", "FR", "BR", None]
 ROWS = 1200
@@ -652,6 +654,7 @@ class Results:
         ]
         for i in np.flatnonzero(rng.random(n) < 0.03):
             self.in_tokens[i] = None
+        self.grid = rng.random((n, 6)).astype(np.float32)  # an image's grid_<feature> cells
         self.table = pa.table(
             {
                 "key": pa.array(self.key, pa.string()),
@@ -666,6 +669,7 @@ class Results:
                 "country": pa.array(self.country, pa.string()),
                 "in_a": pa.array(self.in_a, pa.float32(), mask=self.in_a_null),
                 "in_tokens": pa.array(self.in_tokens, pa.large_list(pa.float32())),
+                "grid_img": pa.array(list(self.grid), pa.list_(pa.float32())),
             }
         )
 

@@ -60,6 +60,7 @@ from transforms.constants import (
 )
 from transforms.dead_letters import DeadLetter
 from transforms.decode import ExampleDecoder, dense_column, fixed_length, scalar_or_list
+from transforms.images import FULL_PREFIX, GRID_PREFIX, ImageSpec, decode_column, image_columns
 from transforms.records import Block
 from transforms.text import TOKENS_PREFIX, scores_column, token_column, token_fields, token_reasons
 from transforms.tfrecords import Record, RecordChunk, chunk_length, chunk_records
@@ -373,6 +374,8 @@ def attribution_schema(
     token_layers: Sequence[str] = (),
     output_rank: bool = False,
     output_name: bool = False,
+    images: Mapping[str, ImageSpec] | None = None,
+    full_images: bool = False,
 ) -> pa.Schema:
     """The explicit Arrow schema of the per-example results.
 
@@ -388,6 +391,10 @@ def attribution_schema(
     the schema fixes one value per example, else a list; bytes become UTF-8 strings; null when
     missing); then `in_<name>`, the input value of each of `input_features` (attributed features
     read from the examples), typed like a pass-through.
+    An image feature (`images`) gets `attr_<name>` float64 (the signed sum over its pixels and
+    channels), `grid_<name>` list<float32> (|attribution| summed per grid cell) and, with
+    `full_images`, `full_<name>` list<float16> (every value, row-major HWC); see
+    `transforms.images`.
     """
     fields = list(RESULT_FIELDS)
     if adaptive:
@@ -397,9 +404,14 @@ def attribution_schema(
         fields.append(pa.field(OUTPUT_RANK_COLUMN, pa.int32(), nullable=False))
     if output_name:
         fields.append(pa.field(OUTPUT_NAME_COLUMN, pa.string(), nullable=False))
+    images = images or {}
     for name, size in attributed_sizes.items():
-        value = pa.float64() if size == 1 else pa.list_(pa.float64())
+        value = pa.float64() if size == 1 or name in images else pa.list_(pa.float64())
         fields.append(pa.field(ATTRIBUTION_PREFIX + name, value, nullable=False))
+        if name in images:
+            fields.append(pa.field(GRID_PREFIX + name, pa.list_(pa.float32()), nullable=False))
+            if full_images:
+                fields.append(pa.field(FULL_PREFIX + name, pa.list_(pa.float16()), nullable=False))
     fields.extend(token_fields(token_layers))
     by_name = {f.name: f for f in schema.feature}
     columns = [(name, name) for name in passthrough]
@@ -481,6 +493,8 @@ class AttributeBatchDoFn(beam.DoFn):
       key_feature: The feature holding each example's key (None: file and record index).
       passthrough: Features copied to the results.
       input_features: Attributed features whose input values are copied to `in_<name>`.
+      images: Image features (`transforms.images.ImageSpec`): encoded ones are decoded here,
+        per batch; each gets summary columns (`attribution_schema`).
     """
 
     def __init__(
@@ -492,8 +506,10 @@ class AttributeBatchDoFn(beam.DoFn):
         key_feature: str | None = None,
         passthrough: Sequence[str] = (),
         input_features: Sequence[str] = (),
+        images: Mapping[str, ImageSpec] | None = None,
     ) -> None:
         self._spec = spec
+        self._images = dict(images or {})
         self._schema_bytes = schema.SerializeToString()
         self._output_schema = output_schema
         self._key_feature = key_feature
@@ -603,6 +619,8 @@ class AttributeBatchDoFn(beam.DoFn):
         reasons = [""] * batch.num_rows
         arrays: dict[str, np.ndarray] = {}
         for name, per, shape, dtype in self._feature_layout():
+            if self._encoded(name):
+                continue  # decoded by `_decode_images`
             index = batch.schema.get_field_index(name)
             if index < 0:
                 return {}, [f"feature {name!r} is not in the schema"] * batch.num_rows
@@ -623,6 +641,26 @@ class AttributeBatchDoFn(beam.DoFn):
             return [f"token feature {padding.tokens!r} is not in the schema"] * batch.num_rows
         positions = int(np.prod(padding.shape))
         return token_reasons(batch.column(index), positions, padding.tokens, layer)
+
+    def _encoded(self, name: str) -> bool:
+        image = self._images.get(name)
+        return image is not None and image.decode and image.encoding != "floats"
+
+    def _decode_images(self, batch: pa.RecordBatch) -> tuple[dict[str, np.ndarray], list, list]:
+        """Decodes the encoded image features the model reads: arrays, and per row a
+        validation reason (missing, several values) and a decoding reason ("" when fine)."""
+        arrays: dict[str, np.ndarray] = {}
+        missing = broken = [""] * batch.num_rows
+        for name, _, shape, dtype in self._feature_layout():
+            if not self._encoded(name):
+                continue
+            image = self._images[name]
+            column = batch.column(batch.schema.get_field_index(name)).to_pylist()
+            pixels, why_missing, why_broken = decode_column(column, image)
+            arrays[name] = pixels.reshape((batch.num_rows, *shape)).astype(dtype, copy=False)
+            missing = [a or b for a, b in zip(missing, why_missing, strict=True)]
+            broken = [a or b for a, b in zip(broken, why_broken, strict=True)]
+        return arrays, missing, broken
 
     def _feature_layout(self) -> list[tuple[str, int, tuple[int, ...], np.dtype]]:
         """(name, values per example, shape, numpy dtype) of each feature the model reads."""
@@ -703,6 +741,17 @@ class AttributeBatchDoFn(beam.DoFn):
         padding = getattr(result, "padding", None)
         for name, values in attributions.items():
             field = self._output_schema.field(ATTRIBUTION_PREFIX + name)
+            if name in self._images:
+                summary = image_columns(
+                    values, self._images[name], FULL_PREFIX + name in self._output_schema.names
+                )
+                columns[field.name] = pa.array(summary["attr"], pa.float64())
+                grid = self._output_schema.field(GRID_PREFIX + name)
+                columns[grid.name] = _dense_column(summary["grid"], grid)
+                if "full" in summary:
+                    full = self._output_schema.field(FULL_PREFIX + name)
+                    columns[full.name] = _dense_column(summary["full"], full)
+                continue
             if padding is not None and result.layer_scores is not None:
                 columns[field.name] = scores_column(values, padding)  # padding: null
             else:
@@ -754,11 +803,15 @@ class AttributeBatchDoFn(beam.DoFn):
             keys, key_reasons = self._keys(batch, good_records)
             inputs, input_reasons = self._features(batch)
             text_reasons = self._token_reasons(batch)
+            images, missing, broken = self._decode_images(batch)
+            inputs.update(images)
             usable = []
             for pos, record in enumerate(good_records):
-                reason = key_reasons[pos] or input_reasons[pos] or text_reasons[pos]
+                reason = key_reasons[pos] or input_reasons[pos] or text_reasons[pos] or missing[pos]
                 if reason:
                     rejected.append((record, STAGE_VALIDATE, reason, keys[pos]))
+                elif broken[pos]:
+                    rejected.append((record, STAGE_DECODE, broken[pos], keys[pos]))
                 else:
                     usable.append(pos)
             if not usable:
@@ -962,6 +1015,7 @@ class AttributeBlocks(beam.PTransform[beam.PCollection[Block], beam.PCollection[
         key_feature: str | None = None,
         passthrough: Sequence[str] = (),
         input_features: Sequence[str] = (),
+        images: Mapping[str, ImageSpec] | None = None,
     ) -> None:
         super().__init__()
         self._fn = AttributeBlockDoFn(
@@ -972,6 +1026,7 @@ class AttributeBlocks(beam.PTransform[beam.PCollection[Block], beam.PCollection[
                 key_feature=key_feature,
                 passthrough=passthrough,
                 input_features=input_features,
+                images=images,
             )
         )
 

@@ -44,6 +44,8 @@ WITHIN_TOLERANCE_COLUMN = "within_tolerance"  # with auto: relative error <= tol
 OUTPUT_RANK_COLUMN = "output_rank"  # target kinds top_k/indices: rank of the row's output (int32)
 OUTPUT_NAME_COLUMN = "output_name"  # with attribution.display_names: the output's name (string)
 APPROXIMATION_ERROR_COLUMN = "approximation_error"  # Vertex's: |delta| / |F(x) - F(x')| (float64)
+GRID_PREFIX = "grid_"  # grid_<image>: |attribution| summed per grid cell (transforms.images)
+FULL_PREFIX = "full_"  # full_<image>: every attribution, float16 (output.full_image_attributions)
 
 # Counts of adaptive steps (counts.json): STEPS_USED_PREFIX + "<steps>" examples each, and those
 # still above tolerance at max_steps.
@@ -62,6 +64,7 @@ HISTOGRAMS_FILE = "histograms.parquet"  # in STATISTICS_DIR: attribution and inp
 INPUT_STATISTICS_FILE = "inputs.parquet"  # in STATISTICS_DIR: input value statistics
 FEATURE_REPLICATES_FILE = "features_replicates.parquet"  # in STATISTICS_DIR: per replicate
 SLICE_REPLICATES_FILE = "slices_replicates.parquet"  # in STATISTICS_DIR: per replicate
+IMAGE_GRIDS_FILE = "image_grids.parquet"  # in STATISTICS_DIR: mean |attr| per image grid cell
 DEAD_LETTER_DIR = "dead_letter"  # part-*.parquet, records not attributed
 DUPLICATE_KEYS_DIR = "duplicate_keys"  # part-*.parquet, keys seen more than once
 EXPLANATIONS_DIR = "explanations"  # output.format vertex_jsonl: part-*.jsonl[.gz], Vertex's lines

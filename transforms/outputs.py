@@ -45,6 +45,7 @@ from transforms.constants import (
     FEATURE_REPLICATES_FILE,
     FEATURE_STATISTICS_FILE,
     HISTOGRAMS_FILE,
+    IMAGE_GRIDS_FILE,
     INPUT_STATISTICS_FILE,
     KEY_COLUMN,
     OUTPUT_RANK_COLUMN,
@@ -126,6 +127,7 @@ STATISTICS_FILES = {
     INPUT_STATISTICS_FILE: "inputs",
     FEATURE_REPLICATES_FILE: "feature_replicates",
     SLICE_REPLICATES_FILE: "slice_replicates",
+    IMAGE_GRIDS_FILE: "image_grids",
 }
 """Each file of `statistics/` and the `AttributionStatistics` table it holds."""
 

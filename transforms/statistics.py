@@ -25,6 +25,8 @@ KLL sketch (`transforms.sketches`, <= 12 KB each); top values from
   such histograms onto the union of their boundaries, as TFDV does);
 * ``inputs``: per (slice, input feature) value statistics, numeric (count, missing, NaN, mean,
   std, min, max) or categorical (top values with approximate counts, a distinct estimate);
+* ``image_grids`` (with ``image_grids``): per (slice, image feature) the mean of each cell of
+  the examples' ``grid_<feature>`` summary grids (`transforms.images`);
 * with ``replicates`` R > 0, the same statistics for R deterministic sub-samples of every slice
   (example in replicate ``crc32("replicate:" + key) % R``): ``feature_replicates``,
   ``slice_replicates`` and rows of ``histograms``/``inputs`` with ``replicate`` >= 0 (``-1`` is
@@ -60,7 +62,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -70,7 +72,7 @@ import pyarrow.compute as pc
 from tfx_bsl.sketches import KmvSketch, MisraGriesSketch
 
 from attribution.fields import default_of
-from transforms.constants import ATTRIBUTION_PREFIX, OUTPUT_RANK_COLUMN
+from transforms.constants import ATTRIBUTION_PREFIX, GRID_PREFIX, OUTPUT_RANK_COLUMN
 from transforms.settings import StatisticsConfig
 from transforms.sketches import KllSketch, k_for
 
@@ -83,6 +85,7 @@ __all__ = [
     "FEATURE_REPLICATES_SCHEMA",
     "FEATURE_STATS_SCHEMA",
     "HISTOGRAM_SCHEMA",
+    "IMAGE_GRIDS_SCHEMA",
     "INPUT_STATS_SCHEMA",
     "KIND_CATEGORICAL",
     "KIND_NUMERIC",
@@ -172,6 +175,21 @@ FEATURE_REPLICATES_SCHEMA = FEATURE_STATS_SCHEMA.insert(0, _REPLICATE_FIELD)
 SLICE_REPLICATES_SCHEMA = SLICE_STATS_SCHEMA.insert(0, _REPLICATE_FIELD)
 """Schema of `AttributionStatistics.slice_replicates`: `SLICE_STATS_SCHEMA` per replicate."""
 
+IMAGE_GRIDS_SCHEMA = pa.schema(
+    [
+        pa.field("slice_name", pa.string(), nullable=False),
+        pa.field("slice_value", pa.string(), nullable=False),
+        pa.field("feature", pa.string(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("grid_height", pa.int32(), nullable=False),
+        pa.field("grid_width", pa.int32(), nullable=False),
+        pa.field("mean_abs", pa.list_(pa.float64()), nullable=False),
+    ]
+)
+"""Schema of `AttributionStatistics.image_grids`: per (slice, image feature), the mean over the
+slice's examples of each cell of their ``grid_<feature>`` (|attribution| summed per cell),
+row-major, GH*GW values (`transforms.images`)."""
+
 HISTOGRAM_SCHEMA = pa.schema(
     [
         _REPLICATE_FIELD,
@@ -247,6 +265,7 @@ class AttributionStatistics(NamedTuple):
       inputs: `INPUT_STATS_SCHEMA`, likewise.
       feature_replicates: `FEATURE_REPLICATES_SCHEMA`, every replicate of every slice.
       slice_replicates: `SLICE_REPLICATES_SCHEMA`, likewise.
+      image_grids: `IMAGE_GRIDS_SCHEMA`, per slice and image feature (all examples).
     """
 
     features: pa.Table
@@ -255,6 +274,7 @@ class AttributionStatistics(NamedTuple):
     inputs: pa.Table = _empty(INPUT_STATS_SCHEMA)
     feature_replicates: pa.Table = _empty(FEATURE_REPLICATES_SCHEMA)
     slice_replicates: pa.Table = _empty(SLICE_REPLICATES_SCHEMA)
+    image_grids: pa.Table = _empty(IMAGE_GRIDS_SCHEMA)
 
 
 # Below this many values per column the raw values (8 bytes each, 4 KB at the limit) are kept
@@ -564,6 +584,7 @@ class _SliceAccumulator:
         "attributions",
         "categories",
         "examples",
+        "grids",
         "inputs",
         "prediction_count",
         "prediction_sum",
@@ -580,6 +601,7 @@ class _SliceAccumulator:
         self.inputs = _Moments(len(fn._numeric), fn._make_sketch)
         self.vectors = [_Moments(1, fn._make_sketch) for _ in fn._vectors]
         self.categories = [_Categories(fn._top_values) for _ in fn._categorical]
+        self.grids = [np.zeros(cells) for cells in fn._grid_cells]  # sums of grid_<f> cells
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -601,6 +623,7 @@ class _SliceAccumulator:
             mine.merge(theirs)
         for mine, theirs in zip(self.categories, other.categories, strict=True):
             mine.merge(theirs)
+        self.grids = [mine + theirs for mine, theirs in zip(self.grids, other.grids, strict=True)]
 
     def compact(self) -> None:
         """Compacts every quantile sketch of the slice."""
@@ -720,6 +743,7 @@ class _BatchData(NamedTuple):
     numeric_missing: np.ndarray  # [rows, numeric inputs] bool
     vectors: list[_FlatInput]
     categorical: list[_FlatInput]
+    grids: Sequence[np.ndarray] = ()  # [rows, cells] per image feature
 
 
 class _VectorGroups(NamedTuple):
@@ -825,6 +849,7 @@ class _Tables:
         self.slice_replicates: dict[str, list] = {n: [] for n in SLICE_REPLICATES_SCHEMA.names}
         self.histogram_rows: list[dict] = []
         self.input_rows: list[dict] = []
+        self.image_grid_rows: list[dict] = []
 
     def add_histogram(
         self, replicate: int, key: tuple[str, str], feature: str, **values: object
@@ -910,6 +935,7 @@ class _Tables:
             slice_replicates=pa.Table.from_pydict(
                 self.slice_replicates, schema=SLICE_REPLICATES_SCHEMA
             ),
+            image_grids=pa.Table.from_pylist(self.image_grid_rows, schema=IMAGE_GRIDS_SCHEMA),
         )
 
 
@@ -954,6 +980,7 @@ class AttributionStatsCombineFn(beam.CombineFn):
         vector_inputs: Sequence[tuple[str, str]] = (),
         categorical_inputs: Sequence[tuple[str, str]] = (),
         top_values: int = DEFAULT_TOP_VALUES,
+        image_grids: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         """Initialises the combine fn.
 
@@ -976,6 +1003,8 @@ class AttributionStatsCombineFn(beam.CombineFn):
           categorical_inputs: (feature, column) of string (or integer id) inputs: top values
             and a distinct estimate.
           top_values: Top values kept per categorical input.
+          image_grids: Image feature -> (GH, GW): the mean of each cell of ``grid_<f>`` per
+            slice (`IMAGE_GRIDS_SCHEMA`).
 
         Raises:
           ValueError: On an invalid configuration.
@@ -1020,6 +1049,8 @@ class AttributionStatsCombineFn(beam.CombineFn):
         self._vectors = [tuple(i) for i in vector_inputs]
         self._categorical = [tuple(i) for i in categorical_inputs]
         self._top_values = int(top_values)
+        self._image_grids = {name: tuple(grid) for name, grid in (image_grids or {}).items()}
+        self._grid_cells = [gh * gw for gh, gw in self._image_grids.values()]
         self._spec_names = [",".join(spec) for spec in specs]
         if slice_by_target:
             self._spec_names.append(TARGET_SLICE_NAME)
@@ -1145,10 +1176,21 @@ class AttributionStatsCombineFn(beam.CombineFn):
             numeric_missing,
             vectors,
             categorical,
+            [self._grid_values(batch, name, cells) for name, cells in self._grid_columns()],
         )
         for grouping in self._groupings(batch, overall, target):
             self._add_grouping(accumulator, grouping, batch_data)
         return accumulator
+
+    def _grid_columns(self) -> list[tuple[str, int]]:
+        return [(name, gh * gw) for name, (gh, gw) in self._image_grids.items()]
+
+    @staticmethod
+    def _grid_values(batch: pa.RecordBatch, name: str, cells: int) -> np.ndarray:
+        column_name = GRID_PREFIX + name
+        _require_column(batch, column_name)
+        flat = pc.list_flatten(batch.column(column_name)).to_numpy(zero_copy_only=False)
+        return flat.astype(np.float64).reshape(batch.num_rows, cells)
 
     @staticmethod
     def _flat_input(batch: pa.RecordBatch, column_name: str) -> _FlatInput:
@@ -1185,6 +1227,7 @@ class AttributionStatsCombineFn(beam.CombineFn):
         delta_max = np.maximum.reduceat(np.where(delta_valid, sorted_delta, -np.inf), starts)
         n_codes = int(codes.max()) + 1
         vectors = [_vector_groups(v, codes, n_codes) for v in data.vectors]
+        grids = [np.add.reduceat(g[order], starts, axis=0) for g in data.grids]
         categorical = [_category_groups(c, codes, n_codes) for c in data.categorical]
 
         replicates = grouping.replicates
@@ -1201,6 +1244,8 @@ class AttributionStatsCombineFn(beam.CombineFn):
             if group_delta.size:
                 state.abs_delta_sketch.add_array(group_delta)
             state.attributions.add(attribution, g)
+            for j, sums in enumerate(grids):
+                state.grids[j] += sums[g]
             if numeric is not None:
                 state.inputs.add(numeric, g)
             for moments, (groups, missing) in zip(state.vectors, vectors, strict=True):
@@ -1385,6 +1430,22 @@ class AttributionStatsCombineFn(beam.CombineFn):
             tables.add_categorical_input(
                 replicate, key, feature, state.examples, counts, self._top_values
             )
+        if whole:
+            for (feature, (gh, gw)), sums in zip(
+                self._image_grids.items(), state.grids, strict=True
+            ):
+                mean = sums / state.examples if state.examples else np.full(gh * gw, np.nan)
+                tables.image_grid_rows.append(
+                    {
+                        "slice_name": key[0],
+                        "slice_value": key[1],
+                        "feature": feature,
+                        "count": int(state.examples),
+                        "grid_height": gh,
+                        "grid_width": gw,
+                        "mean_abs": mean.tolist(),
+                    }
+                )
 
 
 def _exact_quantiles(values: np.ndarray, buckets: int) -> np.ndarray:
