@@ -487,6 +487,7 @@ def _import_vertex(args: argparse.Namespace) -> int:
     for note in translation.notes:
         print(f"igbeam: note: {note}")
     print(f"igbeam: wrote {args.out}")
+    return EXIT_OK
 
 
 def _visualize(args: argparse.Namespace) -> int:

@@ -195,12 +195,32 @@ def test_cnn_completeness_gausslegendre(cnn, tmp_path):
     )
 
 
-def test_cnn_noise_baseline_is_reproducible_per_key(cnn, tmp_path):
+NOISE = {"kind": "random_uniform", "low": 0.0, "high": 1.0, "samples": 2, "seed": 7}
+IMAGE_BASELINES = {
+    "noise": NOISE,
+    "blur": {"kind": "blur", "sigma": 2.0},
+    "black, white, blur and noise averaged": {
+        "kind": "average",
+        "baselines": [
+            {"kind": "constant", "value": 0.0},
+            {"kind": "constant", "value": 1.0},
+            {"kind": "blur", "sigma": 3.0},
+            NOISE,
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("baseline", list(IMAGE_BASELINES))
+def test_cnn_baselines_are_reproducible_per_key(cnn, tmp_path, baseline):
+    """Noise, blur and averaged image baselines: the same attributions for an example in any
+    batch (sizes 4 and 11), and complete for the averaged path."""
     _, paths = cnn
-    noise = {"kind": "random_uniform", "low": 0.0, "high": 1.0, "samples": 2, "seed": 7}
     frames = []
     for batch_size in (4, 11):
-        config = _cnn_config(paths, tmp_path / f"b{batch_size}", steps=8, baseline=noise)
+        config = _cnn_config(
+            paths, tmp_path / f"b{batch_size}", steps=8, baseline=IMAGE_BASELINES[baseline]
+        )
         config["batching"]["batch_size"] = batch_size
         config["output"]["full_image_attributions"] = True
         run_job(parse_config(config))
@@ -215,8 +235,14 @@ def test_cnn_noise_baseline_is_reproducible_per_key(cnn, tmp_path):
         np.stack(second["full_image"].to_numpy()).astype(np.float32),
         atol=1e-3,
     )
-    # the draws differ between keys (a baseline of constants would pass the check above too)
+    # baselines differ between keys (a baseline of constants would pass the check above too)
     assert first["baseline_prediction"].nunique() > 1
+    # completeness: the sum of attributions is F(x) minus the (averaged) baseline output
+    np.testing.assert_allclose(
+        first["attr_image"] - first["delta"],
+        first["prediction"] - first["baseline_prediction"],
+        atol=1e-6,
+    )
 
 
 def test_corrupt_image_is_a_dead_letter_and_neighbours_are_attributed(cnn, tmp_path):

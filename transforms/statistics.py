@@ -61,6 +61,7 @@ slices, features and distinct slice values, never over examples.
 from __future__ import annotations
 
 import math
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -284,6 +285,15 @@ class AttributionStatistics(NamedTuple):
 # largest part of a run's accumulator and of its end-of-run peak.)
 RAW_VALUES_LIMIT = 512
 
+_WHOLE_SLICE = threading.local()
+"""While `extract_output` merges a slice's replicates (`_merged`): how many, so that a whole slice
+whose replicates all kept raw values keeps them too (exact quantiles, whatever the merge order
+of the blocks; at most replicates x the limit per column, only while the slice is rendered)."""
+
+
+def _raw_values_limit() -> int:
+    return RAW_VALUES_LIMIT * getattr(_WHOLE_SLICE, "parts", 1)
+
 
 class _BufferedSketch:
     """A quantile sketch that keeps raw float64 values until there are `RAW_VALUES_LIMIT`.
@@ -331,7 +341,7 @@ class _BufferedSketch:
             return
         self.values.append(values)
         self.count += len(values)
-        if self.count > RAW_VALUES_LIMIT:
+        if self.count > _raw_values_limit():
             self._promote()
 
     def Merge(self, other: _BufferedSketch) -> None:  # noqa: N802
@@ -1317,8 +1327,12 @@ class AttributionStatsCombineFn(beam.CombineFn):
         if len(states) == 1:
             return states[0]
         merged = self._new_slice()
-        for state in states:
-            merged.merge(state)
+        _WHOLE_SLICE.parts = len(states)
+        try:
+            for state in states:
+                merged.merge(state)
+        finally:
+            _WHOLE_SLICE.parts = 1
         return merged
 
     def extract_output(self, accumulator: _Accumulator) -> AttributionStatistics:
