@@ -141,6 +141,27 @@ def _rows(tensors: Mapping[str, tf.Tensor], start: tf.Tensor, stop: tf.Tensor) -
     return {k: v[start:stop] for k, v in tensors.items()}
 
 
+def _path_rows(
+    layout: Packing, x: TensorDict, base: TensorDict, alphas: tf.Tensor, rest: TensorDict
+) -> tuple[list[str], list[tf.Tensor], TensorDict, Callable[[tf.Tensor], tf.Tensor]]:
+    """The k path points z = x' + a (x - x') of n examples, as [k * n, D] rows per dtype key of
+    `layout` (step-major), the other model inputs tiled to match, and the tiling function."""
+    k = tf.shape(alphas)[0]
+
+    def tile(t: tf.Tensor) -> tf.Tensor:  # [n, ...] -> [k * n, ...], step-major
+        reps = tf.concat([[k], tf.ones([tf.rank(t) - 1], tf.int32)], axis=0)
+        return tf.tile(t, reps)
+
+    keys = list(layout.groups)
+    paths = []
+    for key in keys:
+        xg, bg = x[key], base[key]
+        a = tf.cast(tf.reshape(alphas, [-1, 1, 1]), xg.dtype)
+        z = bg[tf.newaxis] + a * (xg - bg)[tf.newaxis]  # [k, n, D]
+        paths.append(tf.reshape(z, [-1, layout.width(key)]))
+    return keys, paths, {name: tile(t) for name, t in rest.items()}, tile
+
+
 class IntegratedGradients:
     """Integrated Gradients for a model with named inputs.
 
@@ -696,19 +717,7 @@ class IntegratedGradients:
         m = tf.shape(targets)[0]
         k = tf.shape(alphas)[0]
         outputs = targets.shape[1]
-
-        def tile(t: tf.Tensor) -> tf.Tensor:  # [m, ...] -> [k * m, ...], step-major
-            reps = tf.concat([[k], tf.ones([tf.rank(t) - 1], tf.int32)], axis=0)
-            return tf.tile(t, reps)
-
-        keys = list(layout.groups)
-        paths = []
-        for key in keys:
-            xg, bg = x[key], base[key]
-            a = tf.cast(tf.reshape(alphas, [-1, 1, 1]), xg.dtype)
-            z = bg[tf.newaxis] + a * (xg - bg)[tf.newaxis]  # [k, m, D]
-            paths.append(tf.reshape(z, [k * m, layout.width(key)]))
-        tiled = {name: tile(t) for name, t in rest.items()}
+        keys, paths, tiled, tile = _path_rows(layout, x, base, alphas, rest)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(paths)
             out = self.selected_output(tiled, layout.unpack(dict(zip(keys, paths, strict=True))))
@@ -744,19 +753,7 @@ class IntegratedGradients:
         """
         n = tf.shape(targets)[0]
         k = tf.shape(alphas)[0]
-
-        def tile(t: tf.Tensor) -> tf.Tensor:  # [n, ...] -> [k * n, ...], step-major
-            reps = tf.concat([[k], tf.ones([tf.rank(t) - 1], tf.int32)], axis=0)
-            return tf.tile(t, reps)
-
-        keys = list(layout.groups)
-        paths = []
-        for key in keys:
-            xg, bg = x[key], base[key]
-            a = tf.cast(tf.reshape(alphas, [-1, 1, 1]), xg.dtype)
-            z = bg[tf.newaxis] + a * (xg - bg)[tf.newaxis]  # [k, n, D]
-            paths.append(tf.reshape(z, [k * n, layout.width(key)]))
-        tiled = {name: tile(t) for name, t in rest.items()}
+        keys, paths, tiled, tile = _path_rows(layout, x, base, alphas, rest)
         with tf.GradientTape() as tape:
             tape.watch(paths)
             points = layout.unpack(dict(zip(keys, paths, strict=True)))
