@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint browser demo bench bench-report bench-scale bench-memory bench-engine bench-adaptive bench-cnn clean
+.PHONY: venv test lint browser demo bench bench-report bench-scale bench-memory bench-engine bench-adaptive bench-cnn bench-multi-output clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_report.py
 	$(PY) benchmarks/bench_memory.py --examples 20000 --variants
 	$(PY) benchmarks/bench_cnn.py
+	$(PY) benchmarks/bench_cnn.py --encoding png
+	$(PY) benchmarks/bench_multi_output.py
 
 bench-report: $(STAMP)
 	$(PY) benchmarks/bench_report.py
@@ -63,6 +65,10 @@ bench-memory: $(STAMP)
 
 bench-cnn: $(STAMP)
 	$(PY) benchmarks/bench_cnn.py
+	$(PY) benchmarks/bench_cnn.py --encoding png
+
+bench-multi-output: $(STAMP)
+	$(PY) benchmarks/bench_multi_output.py
 
 clean:
 	rm -rf $(VENV) demo_out benchmarks/out
