@@ -359,6 +359,7 @@ table{border-collapse:collapse;font-size:12.5px;margin:6px 0}
 th,td{border-bottom:1px solid #eee;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f5f5f5;cursor:pointer;user-select:none}td.n{text-align:right;font-variant-numeric:tabular-nums}
 tr.breach td{background:#fde8e6}.note{color:#666;font-size:12.5px}.warn{color:#a33;font-weight:600}
+.example-images{display:flex;flex-wrap:wrap;gap:6px}.example-image{margin:0;font-size:11px;color:#666}
 figure.chart{margin:8px 0}figure.chart svg{max-width:100%;height:auto}
 .kv td.n{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:8px}.kv td:first-child{color:#666}

@@ -1,15 +1,19 @@
-"""The HTML report's image section: the run's mean |attribution| grid per class, as heatmaps.
+"""The HTML report's image section: the run's mean |attribution| grid per class, as heatmaps,
+and a few examples drawn as `igbeam visualize` draws them.
 
-Reads only `statistics/image_grids.parquet` (per slice and image feature, the mean of each
-cell of the examples' `grid_<feature>`): one small heatmap for all examples and one per target
-class (the `target` slices), per image feature. Runs without image features get no section.
-No TensorFlow, no Beam.
+The heatmaps read only `statistics/image_grids.parquet` (per slice and image feature, the mean of
+each cell of the examples' `grid_<feature>`): one small heatmap for all examples and one per
+target class (the `target` slices), per image feature. The examples (`EXAMPLE_OVERLAYS`) re-read
+their originals from the run's input, decoded with TensorFlow as the run decoded them. Runs
+without image features get no section.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -17,10 +21,19 @@ import pyarrow.parquet as pq
 
 from transforms.constants import IMAGE_GRIDS_FILE, STATISTICS_DIR
 
-__all__ = ["MAX_CLASS_PANELS", "image_section", "read_image_grids"]
+__all__ = [
+    "EXAMPLE_OVERLAYS",
+    "MAX_CLASS_PANELS",
+    "example_overlays",
+    "image_section",
+    "read_image_grids",
+]
 
 MAX_CLASS_PANELS = 12
 """Heatmaps per image feature besides `all`: the classes with the most examples."""
+
+EXAMPLE_OVERLAYS = 3
+"""Examples drawn in the report (original, mask, overlay), chosen as `igbeam visualize` does."""
 
 
 def read_image_grids(run: str) -> list[dict[str, Any]]:
@@ -77,6 +90,38 @@ def image_section(run: str, plt: Any, svg: Any) -> str | None:
     note = (
         "Mean over the examples of each cell's |attribution| (summed over the cell's pixels and "
         "channels), for all examples and per explained class; from "
-        "statistics/image_grids.parquet. Pictures of single examples: igbeam visualize."
+        "statistics/image_grids.parquet. More examples: igbeam visualize RUN --examples K."
     )
-    return f'<p class="note">{html.escape(note)}</p>' + "".join(parts)
+    return f'<p class="note">{html.escape(note)}</p>' + "".join(parts) + example_overlays(run)
+
+
+def example_overlays(run: str, count: int = EXAMPLE_OVERLAYS) -> str:
+    """A few examples as `igbeam visualize` draws them (original, mask, overlay), inline PNGs.
+
+    The originals are re-read from the run's input by key; when that is not possible (moved
+    input, another machine) the section says so in one line instead.
+    """
+    from pipeline.visualize import VisualizeError, visualize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            done = visualize(run, tmp, examples=count)
+        except (VisualizeError, OSError, ValueError) as err:
+            reason = html.escape(str(err).splitlines()[0] if str(err) else type(err).__name__)
+            return f'<p class="note">Example pictures unavailable: {reason}</p>'
+        figures = []
+        for path in done.files:
+            with open(path, "rb") as f:
+                data = base64.b64encode(f.read()).decode("ascii")
+            name = html.escape(os.path.basename(path))
+            figures.append(
+                f'<figure class="example-image"><img alt="{name}" '
+                f'src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
+            )
+    keys = html.escape(", ".join(done.keys))
+    how = ", ".join(f"{k}: {v}" for k, v in done.source.items())
+    return (
+        f'<p class="note">{len(done.keys)} examples ({keys}): original, |attribution| mask and '
+        f"overlay, as igbeam visualize draws them (mask from {html.escape(how)}).</p>"
+        f'<div class="example-images">{"".join(figures)}</div>'
+    )

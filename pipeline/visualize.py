@@ -187,9 +187,13 @@ def visualize(
     specs = image_specs(summary)
     if not specs:
         raise VisualizeError(f"{run} has no image features (no `images` in its summary.json)")
-    table = pq.read_table(os.path.join(run, ATTRIBUTIONS_DIR))
+    directory = os.path.join(run, ATTRIBUTIONS_DIR)
+    # Only the key column of the whole run is read; then only the chosen examples' rows.
+    chosen = _pick(
+        pq.read_table(directory, columns=[KEY_COLUMN]).column(0).to_pylist(), examples, keys
+    )
+    table = pq.read_table(directory, filters=[(KEY_COLUMN, "in", list(chosen))])
     names = table.schema.names
-    chosen = _pick(table.column(KEY_COLUMN).to_pylist(), examples, keys)
     position = {k: i for i, k in enumerate(table.column(KEY_COLUMN).to_pylist())}
     originals = _originals(summary["config"], chosen, list(specs))
     missing = [k for k in chosen if k not in originals]

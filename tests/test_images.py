@@ -430,6 +430,29 @@ def test_report_embeds_the_mean_grid_per_class(linear_png, tmp_path):
     assert written["charts"] >= 1
     grids = read_image_grids(str(run))
     assert {r["slice_name"] for r in grids} == {"all", "group", "target"}
+    # a few examples drawn as igbeam visualize draws them: original, mask, overlay each
+    assert page.count('class="example-image"') == 3 * 3
+    pictures = page.split('<div class="example-images">', 1)[1].split("</div>", 1)[0]
+    assert pictures.count('src="data:image/png;base64,') == 3 * 3
+
+
+def test_report_example_pictures_say_why_when_the_input_is_gone(linear_png, tmp_path):
+    import json
+    import shutil
+
+    from pipeline.report_images import example_overlays
+
+    root, model, *_ = linear_png
+    run = tmp_path / "run"
+    run_job(parse_config(_linear_config(root, model, run)))
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    summary = json.loads((moved / "summary.json").read_text())
+    summary["config"]["input"]["pattern"] = str(tmp_path / "gone" / "*.tfrecord")
+    (moved / "summary.json").write_text(json.dumps(summary))
+    html = example_overlays(str(moved))
+    assert html.startswith('<p class="note">Example pictures unavailable: ')
+    assert "example-image" not in html
 
 
 def test_images_decoded_by_a_preprocessing_model(linear_png, tmp_path):
