@@ -173,8 +173,12 @@ class AdaptiveIntegratedGradients:
         return self.settings.steps
 
     @property
-    def layer(self) -> str | None:
+    def layer(self) -> str | tuple[str, ...] | None:
         return self.first.layer
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.first.layers
 
     @property
     def baseline(self) -> Any:
@@ -238,6 +242,7 @@ class AdaptiveIntegratedGradients:
             targets=np.array(result.targets),
             baselines=_copy(result.baselines),
             layer_scores=_copy(result.layer_scores),
+            scores=_copy(result.scores),
             padding=result.padding,
             steps_used=np.full(n, self.levels[0], np.int32),
         )
@@ -256,6 +261,8 @@ class AdaptiveIntegratedGradients:
             _put(out.baselines, rows, part.baselines)
             if out.layer_scores is not None:
                 out.layer_scores[rows] = part.layer_scores
+            if out.scores is not None:
+                _put(out.scores, rows, part.scores)
             for name in ("predictions", "baseline_predictions", "deltas", "targets"):
                 getattr(out, name)[rows] = getattr(part, name)
             out.steps_used[rows] = steps

@@ -41,6 +41,7 @@ from attribution.targets import (
     reported_targets,
     select_classes,
 )
+from attribution.layers import layer_names, split_at_layers
 from attribution.text import Padding, padding_for_layer
 
 __all__ = ["Attribution", "IntegratedGradients", "map_chunks", "rows_per_chunk"]
@@ -75,6 +76,9 @@ class Attribution:
       output_ranks: for target kinds top_k and indices, [B * K] int32: the rank of each row's
         output among the example's K explained outputs (every other field then has B * K rows,
         the K rows of an example consecutive, see `attribution.multi_output`); None otherwise.
+      scores: for several layers (`attribution.layers`), name -> [B, ...] float64, one output
+        column each: every layer's attributions summed over its last (embedding) axis, the
+        attributed inputs' attributions as they are; None otherwise.
     """
 
     attributions: dict[str, np.ndarray] | np.ndarray
@@ -86,6 +90,7 @@ class Attribution:
     layer_scores: np.ndarray | None = None
     padding: np.ndarray | None = None
     output_ranks: np.ndarray | None = None
+    scores: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -239,7 +244,18 @@ class IntegratedGradients:
         self.alphas, self.weights = integration_rule(self.method, self.steps)
         self.output = self._resolve_output(self.settings.output)
         self.input_specs = dict(model.input_specs)
-        if self.layer is not None:
+        self._split = None  # several layers: `attribution.layers.SplitModel`
+        if self.layer is not None and not isinstance(self.layer, str):
+            if features is not None:
+                raise ValueError("give either features (input attribution) or layer, not both")
+            self._split = split_at_layers(model, self.layers)
+            self._front = self._split.front
+            self.padding = None
+            self.attributed_specs = {
+                **self._split.layer_specs,
+                **{n: self.input_specs[n] for n in self._split.direct},
+            }
+        elif self.layer is not None:
             if features is not None:
                 raise ValueError("give either features (input attribution) or layer, not both")
             front, head, h_spec = model.split_at_layer(self.layer)
@@ -331,8 +347,13 @@ class IntegratedGradients:
         return self.settings.steps
 
     @property
-    def layer(self) -> str | None:
+    def layer(self) -> str | tuple[str, ...] | None:
         return self.settings.layer
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The attributed layers: () for input attribution, else one or several names."""
+        return layer_names(self.settings.layer)
 
     @property
     def baseline(self) -> Baseline:
@@ -442,13 +463,18 @@ class IntegratedGradients:
 
     def embed(self, inputs: TensorDict) -> TensorDict:
         """The attributed tensors of an input batch (the inputs themselves, or the layer output)."""
+        if self._split is not None:
+            return {**self._front(inputs), **{n: inputs[n] for n in self._split.direct}}
         if self._front is not None:
             return {self.layer: self._front(inputs)}
         return {n: inputs[n] for n in self.attributed_specs}
 
     def selected_output(self, inputs: TensorDict, attributed: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """The explained output as [N, C] from the inputs with the attributed tensors replaced."""
-        if self._front is not None:
+        if self._split is not None:
+            direct = {n: attributed[n] for n in self._split.direct}
+            outputs = self._split.head({**inputs, **direct}, attributed)
+        elif self._front is not None:
             outputs = self._head(inputs, attributed[self.layer])
         else:
             outputs = self.model({**inputs, **attributed})
@@ -997,8 +1023,11 @@ class IntegratedGradients:
         targets: np.ndarray,
         baselines: dict[str, np.ndarray],
     ) -> Attribution:
-        layer_scores = None
-        if self.layer is not None:
+        layer_scores = scores = None
+        if self._split is not None:
+            layers = self._split.layer_specs
+            scores = {k: v.sum(axis=-1) if k in layers else v for k, v in attributions.items()}
+        elif self.layer is not None:
             layer_scores = attributions[self.layer].sum(axis=-1)
         result: dict[str, np.ndarray] | np.ndarray = attributions
         if self.model.single_input and self.layer is None:
@@ -1011,6 +1040,7 @@ class IntegratedGradients:
             targets=targets,
             baselines=baselines,
             layer_scores=layer_scores,
+            scores=scores,
         )
 
     def _empty(self) -> Attribution:

@@ -85,7 +85,7 @@ import numpy as np
 import tensorflow as tf
 
 from attribution.engine import Attribution, IntegratedGradients, map_chunks
-from attribution.errors import ModelLoadError, one_line
+from attribution.errors import ModelLoadError, SettingsError, one_line
 from attribution.models import ModelAdapter
 from attribution.targets import check_classes, requested_classes
 
@@ -177,6 +177,12 @@ class _SignatureBuilder:
         key_feature: str | None,
         output_name: str,
     ) -> None:
+        if engine.layer is not None and not isinstance(engine.layer, str):
+            raise SettingsError(
+                "an export attributes at one layer; several layers are not exported yet (export "
+                "with one layer, or run the pipeline on the .keras model)",
+                "attribution.layer",
+            )
         self.engine = engine
         self.preprocess = preprocess
         self.baseline = engine.baseline

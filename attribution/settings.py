@@ -48,6 +48,7 @@ from attribution.fields import (
     show,
     validated,
 )
+from attribution.layers import LayerNames
 from attribution.text_settings import TextConfig
 
 __all__ = [
@@ -461,7 +462,9 @@ class AttributionConfig:
         |delta| / max(|F(x) - F(x')|, tiny) (> 0).
       min_steps: With `auto`: the points of the first try (>= 1).
       max_steps: With `auto`: the most points per example (>= min_steps).
-      layer: Attribute to the output of this named layer instead of the model inputs.
+      layer: Attribute to the output of this named layer instead of the model inputs; or a list
+        of layers (a tuple) attributed together, with the numeric inputs that feed none of them
+        (`attribution.layers`).
       output: Name of the model output to explain (multi-output models).
       baseline: The baseline.
       target: The explained output scalar.
@@ -477,7 +480,7 @@ class AttributionConfig:
     tolerance: float = setting(0.01, check=Positive(), when=("steps", AUTO_STEPS))
     min_steps: int = setting(8, check=Integer(1), when=("steps", AUTO_STEPS))
     max_steps: int = setting(256, check=Integer(1), when=("steps", AUTO_STEPS))
-    layer: str | None = setting(None, check=Text())
+    layer: str | tuple[str, ...] | None = setting(None, check=LayerNames())
     output: str | None = setting(None, check=Text())
     baseline: Baseline = setting(Baseline(), check=Section(Baseline))
     target: Target = setting(Target(), check=Section(Target))
@@ -513,6 +516,11 @@ class AttributionConfig:
         if self.text is not None and self.layer is None:
             raise SettingsError(
                 "token features are attributed at the layer that embeds them: set layer",
+                key("text"),
+            )
+        if self.text is not None and not isinstance(self.layer, str):
+            raise SettingsError(
+                "token padding is supported for a single layer; give layer as one name, not a list",
                 key("text"),
             )
         if self.adaptive:

@@ -269,7 +269,10 @@ class LoadedEngine:
         self.preprocess = preprocess
         self.engine = engine
         self.adaptive = isinstance(engine, AdaptiveIntegratedGradients)
-        self.layer = engine.layer
+        # One layer's name (its scores are `layer_scores`); None for inputs or several layers,
+        # whose output columns are `Attribution.scores` (`attribution.layers`).
+        self.layer = engine.layer if isinstance(engine.layer, str) else None
+        self.layers = engine.layers
         self.attributed_names = list(engine.attributed_specs)
         self.needs_serialized = preprocess is not None
         first = getattr(engine, "first", engine)  # an adaptive engine's first level
@@ -285,7 +288,7 @@ class LoadedEngine:
         sizes = {}
         for name, spec in self.engine.attributed_specs.items():
             shape = spec.shape[1:]
-            if self.layer is not None:
+            if name in self.layers:
                 shape = shape[:-1]  # per-token scores: summed over the embedding axis
             sizes[name] = _size(name, shape)
         return sizes
@@ -738,6 +741,8 @@ class AttributeBatchDoFn(beam.DoFn):
             attributions = {self._loaded.attributed_names[0]: attributions}
         if result.layer_scores is not None:
             attributions = {self._loaded.layer: result.layer_scores}
+        elif getattr(result, "scores", None) is not None:  # several layers
+            attributions = result.scores
         padding = getattr(result, "padding", None)
         for name, values in attributions.items():
             field = self._output_schema.field(ATTRIBUTION_PREFIX + name)
