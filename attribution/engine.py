@@ -31,6 +31,7 @@ from attribution.baselines import check_baseline, make_baselines
 from attribution.budget import AUTO, bytes_per_row, plan_batches
 from attribution.fields import check_value, default_of, validated
 from attribution.integration import integration_rule
+from attribution.layers import layer_names, split_at_layers
 from attribution.models import ModelAdapter
 from attribution.multi_output import check_display_names, repeat_rows, requested_rows
 from attribution.packing import Packing
@@ -41,7 +42,6 @@ from attribution.targets import (
     reported_targets,
     select_classes,
 )
-from attribution.layers import layer_names, split_at_layers
 from attribution.text import Padding, padding_for_layer
 
 __all__ = ["Attribution", "IntegratedGradients", "map_chunks", "rows_per_chunk"]
@@ -184,6 +184,8 @@ class IntegratedGradients:
         through unchanged at every path point. Must be floating point.
       layer: Attribute to the output of this Keras layer instead of the inputs (e.g. an
         `Embedding` for token ids). The completeness delta is still computed on the model output.
+        A list (tuple) of layers: all of them, with the float inputs that feed none of them
+        (`attribution.layers`; results in `Attribution.scores`).
       output: The model output to explain (needed for multi-output models).
       method: Integration rule, one of `attribution.settings.METHODS`.
       steps: Number of path points.

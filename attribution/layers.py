@@ -132,7 +132,9 @@ def split_at_layers(adapter: Any, names: tuple[str, ...]) -> SplitModel:
     layers, outputs = {}, {}
     for name in names:
         if name not in known:
-            raise SettingsError(f"model has no layer {name!r}; layers: {', '.join(known)}", LAYER_KEY)
+            raise SettingsError(
+                f"model has no layer {name!r}; layers: {', '.join(known)}", LAYER_KEY
+            )
         layer = model.get_layer(name)
         calls = len(getattr(layer, "_inbound_nodes", []) or [])
         if calls > 1:
@@ -191,7 +193,9 @@ def split_at_layers(adapter: Any, names: tuple[str, ...]) -> SplitModel:
         return dict(zip(names, out, strict=True))
 
     def head(inputs: Mapping[str, Any], hs: Mapping[str, Any]) -> dict[str, Any]:
-        out = head_model([*[hs[n] for n in names], *[inputs[n] for n in input_names]], training=False)
+        out = head_model(
+            [*[hs[n] for n in names], *[inputs[n] for n in input_names]], training=False
+        )
         if isinstance(out, Mapping):
             return dict(out)
         if isinstance(out, list | tuple):

@@ -47,7 +47,9 @@ Supported engine settings: every integration method and step count (the path poi
 are graph constants); targets 'predicted', 'index', 'scalar', 'callable' (the function is traced
 into the graph, so it must be TensorFlow-traceable, as the engine already requires) and 'label'
 (see the inputs); every baseline kind; input and layer attribution (the Keras model is saved with
-the signature). Per-call `targets=` overrides of `engine.attribute` have no counterpart.
+the signature). Per-call `targets=` overrides of `engine.attribute` have no counterpart. Several
+layers at once (`attribution.layer` as a list, `attribution.layers`) are refused: a
+`SettingsError` naming `attribution.layer`.
 
 One implementation: the signature calls the engine's own graph function,
 `IntegratedGradients.attribute_packed` (baselines, class choice, chunked path sums, the average

@@ -414,7 +414,7 @@ def _plan_images(config: JobConfig, loaded: Attributor, schema: Any) -> dict[str
 
     if not config.images:
         return {}
-    if loaded.layer is not None:
+    if loaded.layer is not None or getattr(loaded, "layers", ()):
         raise JobError("images: image summaries need input attributions, not attribution.layer")
     types = {f.name: schema_pb2.FeatureType.Name(f.type) for f in schema.feature}
     images = {}

@@ -139,9 +139,7 @@ def test_closed_form_score_per_categorical_feature_and_numeric_input():
     assert result.layer_scores is None and result.padding is None
     # Completeness over all attributed tensors, against the model's own output.
     np.testing.assert_allclose(result.baseline_predictions, BIAS, atol=1e-6)
-    np.testing.assert_allclose(
-        result.predictions, model(_inputs(data)).numpy()[:, 0], atol=1e-5
-    )
+    np.testing.assert_allclose(result.predictions, model(_inputs(data)).numpy()[:, 0], atol=1e-5)
     total = sum(result.scores.values())
     np.testing.assert_allclose(total, result.predictions - BIAS, atol=1e-5)
     assert np.abs(result.deltas).max() < 1e-5
@@ -215,7 +213,7 @@ def test_mask_zero_embedding_in_a_list_is_refused():
     b = keras.Input((2,), dtype="int64", name="b")
     ea = keras.layers.Embedding(4, 2, mask_zero=True, name="ea")(a)
     eb = keras.layers.Embedding(4, 2, name="eb")(b)
-    h = keras.layers.Flatten()(keras.layers.Concatenate(axis=1)([ea, eb]))
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Concatenate(axis=1)([ea, eb]))
     model = keras.Model({"a": a, "b": b}, keras.layers.Dense(1)(h))
     with pytest.raises(SettingsError, match=r"attribution\.layer: layer 'ea' is an Embedding\("):
         _engine(model, ["ea", "eb"])
@@ -228,6 +226,62 @@ def test_export_refuses_several_layers(tmp_path):
     with pytest.raises(SettingsError, match=r"^attribution\.layer: an export attributes at one"):
         export_integrated_gradients(engine, str(tmp_path / "export"))
     assert not (tmp_path / "export").exists()
+
+
+T = 5  # token positions of the sequence model
+
+
+def _sequence_model():
+    """ids_a, ids_b [T] -> Embedding each [B, T, D] -> average over T -> concat -> Dense(1)."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    a = keras.Input((T,), dtype="int64", name="ids_a")
+    b = keras.Input((T,), dtype="int64", name="ids_b")
+    ea = keras.layers.Embedding(7, D, name="emb_a")(a)
+    eb = keras.layers.Embedding(9, D, name="emb_b")(b)
+    pooled = [keras.layers.GlobalAveragePooling1D()(e) for e in (ea, eb)]
+    out = keras.layers.Dense(1, name="y")(keras.layers.Concatenate()(pooled))
+    return keras.Model({"ids_a": a, "ids_b": b}, out)
+
+
+def test_sequence_layers_get_one_score_per_position(tmp_path):
+    """[B, T, D] layers: w_f . e_f(x_t) / T per position; list<double> columns in the pipeline."""
+    model = _sequence_model()
+    rng = np.random.default_rng(6)
+    x = {"ids_a": rng.integers(0, 7, (6, T)), "ids_b": rng.integers(0, 9, (6, T))}
+    result = _engine(model, ["emb_a", "emb_b"]).attribute(x)
+    assert set(result.scores) == {"emb_a", "emb_b"}  # integer inputs: not attributed
+    w = model.get_layer("y").get_weights()[0][:, 0].astype(np.float64)
+    for name, ids, part in (("emb_a", x["ids_a"], w[:D]), ("emb_b", x["ids_b"], w[D:])):
+        table = model.get_layer(name).get_weights()[0].astype(np.float64)
+        assert result.scores[name].shape == (6, T)
+        np.testing.assert_allclose(result.scores[name], table[ids] @ part / T, atol=1e-6)
+
+    model.save(str(tmp_path / "seq.keras"))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_examples(
+        folder / "part-0.tfrecord",
+        (
+            {"ids_a": x["ids_a"][i], "ids_b": x["ids_b"][i], "id": f"q{i}".encode()}
+            for i in range(6)
+        ),
+    )
+    (folder / "schema.pbtxt").write_text(
+        f'feature {{ name: "ids_a" type: INT shape {{ dim {{ size: {T} }} }} }}\n'
+        f'feature {{ name: "ids_b" type: INT shape {{ dim {{ size: {T} }} }} }}\n'
+        'feature { name: "id" type: BYTES shape { dim { size: 1 } } }\n'
+    )
+    raw = _job(tmp_path, ["emb_a", "emb_b"])
+    raw["model"]["path"] = str(tmp_path / "seq.keras")
+    run_job(parse_config(raw))
+    table = pq.read_table(str(tmp_path / "out" / ATTRIBUTIONS_DIR))
+    assert [c for c in table.schema.names if c.startswith("attr_")] == ["attr_emb_a", "attr_emb_b"]
+    rows = _rows(tmp_path / "out")
+    for i, row in enumerate(rows):
+        assert len(row["attr_emb_a"]) == T
+        np.testing.assert_allclose(row["attr_emb_b"], result.scores["emb_b"][i], atol=1e-9)
 
 
 # ------------------------------------------------------------------------------- pipeline
@@ -339,9 +393,9 @@ def test_pipeline_errors_name_the_key(tmp_path):
     _write(tmp_path, 4)
     with pytest.raises(JobError, match=r"attribution\.layer: model has no layer 'nope'"):
         plan_job(parse_config(_job(tmp_path, ["emb_color", "nope"])))
-    with pytest.raises(Exception, match=r"attribution\.layer: layer 'emb_size' is listed twice"):
+    with pytest.raises(SettingsError, match=r"^attribution\.layer: layer 'emb_size' is listed tw"):
         parse_config(_job(tmp_path, ["emb_size", "emb_size"]))
     raw = _job(tmp_path, LAYERS)
     raw["attribution"]["text"] = {}
-    with pytest.raises(Exception, match=r"attribution\.text: token padding is supported for a"):
+    with pytest.raises(SettingsError, match=r"^attribution\.text: token padding is supported for"):
         parse_config(raw)
