@@ -345,7 +345,8 @@ def translate(
     index_mapping: dict[str, list[str]] = {}
     groups: dict[str, list[str]] = {}
     baselines: dict[str, list[Any]] = {}
-    layer: tuple[str, str, list[Any]] | None = None  # (vertex key, layer, encoded baselines)
+    fields: dict[str, str] = {}  # attributed name -> the Vertex field its baselines came from
+    layers: list[tuple[str, str]] = []  # (vertex key, layer), in spec order
     for vertex_name, raw in inputs.items():
         where = f"metadata.inputs.{vertex_name}"
         item = _message(raw if raw is not None else {}, where, _INPUT)
@@ -369,13 +370,22 @@ def translate(
                 raise VertexSpecError(
                     f"{where}.encoding", f"{encoding} does not go with encodedTensorName"
                 )
-            if layer is not None:
-                raise VertexSpecError(
-                    f"{where}.encodedTensorName",
-                    f"igbeam attributes to one layer; {layer[0]} has one already",
-                )
+            layer_name = _tensor_name(item["encodedTensorName"])
+            for other, listed in layers:
+                if listed == layer_name:
+                    raise VertexSpecError(
+                        f"{where}.encodedTensorName",
+                        f"{layer_name!r} is also metadata.inputs.{other}'s; igbeam attributes "
+                        "each layer once (one encoded tensor per input)",
+                    )
+            layers.append((vertex_name, layer_name))
             encoded = item.get("encodedBaselines", [])
-            layer = (vertex_name, _tensor_name(item["encodedTensorName"]), list(encoded))
+            if not isinstance(encoded, list):
+                raise VertexSpecError(f"{where}.encodedBaselines", "must be a list")
+            baselines[layer_name] = [
+                _flat_numbers(v, f"{where}.encodedBaselines[{i}]") for i, v in enumerate(encoded)
+            ]
+            fields[layer_name] = f"{where}.encodedBaselines"
             if "inputBaselines" in item:
                 notes.append(
                     f"not carried over: {where}.inputBaselines (baselines of the raw input; "
@@ -422,20 +432,32 @@ def translate(
         baselines[name] = [
             _flat_numbers(v, f"{where}.inputBaselines[{i}]") for i, v in enumerate(values)
         ]
+        fields[name] = f"{where}.inputBaselines"
 
-    if layer is not None and features:
-        raise VertexSpecError(
-            f"metadata.inputs.{layer[0]}.encodedTensorName",
-            f"igbeam attributes either model inputs or one layer, not both (inputs "
-            f"{', '.join(features)} are not encoded)",
-        )
-    if layer is None:
+    layer_names = {layer_name: vertex_name for vertex_name, layer_name in layers}
+    for vertex_name, layer_name in layers:
+        if layer_name in features:
+            raise VertexSpecError(
+                f"metadata.inputs.{vertex_name}.encodedTensorName",
+                f"{layer_name!r} is also the name of a (not encoded) input",
+            )
+    if not layers:
         config["features"] = features
         comments["features"] = "the keys of metadata.inputs (their inputTensorName when given)"
-    else:
-        attribution["layer"] = layer[1]
+    elif len(layers) == 1 and not features:
+        attribution["layer"] = layers[0][1]
         comments["attribution.layer"] = (
-            f"metadata.inputs.{layer[0]}.encodedTensorName (check that it names a Keras layer)"
+            f"metadata.inputs.{layers[0][0]}.encodedTensorName (check that it names a Keras layer)"
+        )
+    else:
+        # A layer list: `features` cannot be given with a layer (the engine refuses both), and
+        # is not needed: every float model input that feeds none of the listed layers is
+        # attributed automatically (attr_<input>), on the same path as the layers.
+        attribution["layer"] = [layer_name for _, layer_name in layers]
+        comments["attribution.layer"] = (
+            "metadata.inputs.*.encodedTensorName (check that each names a Keras layer); the "
+            "float model inputs feeding none of these layers are attributed automatically"
+            + (f" (the spec's plain inputs: {', '.join(features)})" if features else "")
         )
 
     # baselines ------------------------------------------------------------------------------
@@ -445,15 +467,12 @@ def translate(
         blur = _message(blur, f"{where_ig}.blurBaselineConfig", _BLUR)
         if blur.get("maxBlurSigma"):
             sigma = _positive(blur["maxBlurSigma"], f"{where_ig}.blurBaselineConfig.maxBlurSigma")
-    if layer is not None:
-        values = [
-            _flat_numbers(v, f"metadata.inputs.{layer[0]}.encodedBaselines[{i}]")
-            for i, v in enumerate(layer[2])
-        ]
-        per_baseline = [{layer[1]: v} for v in values]
-        source = f"metadata.inputs.{layer[0]}.encodedBaselines"
+    per_baseline = _combine_baselines(baselines, fields)
+    if len(layers) == 1 and not features:
+        source = f"metadata.inputs.{layers[0][0]}.encodedBaselines"
+    elif layers:
+        source = "metadata.inputs.*.encodedBaselines and inputBaselines"
     else:
-        per_baseline = _combine_baselines(baselines, vertex_names)
         source = "metadata.inputs.*.inputBaselines"
     if sigma is not None:
         if per_baseline:
@@ -479,15 +498,23 @@ def translate(
                 f"{source}: {len(kinds)} baselines, attributions averaged over them (as Vertex)"
             )
         missing = [n for n in features if not baselines.get(n)]
-        if missing and layer is None:
+        if missing:
             notes.append(
                 f"features {missing} had no inputBaselines (Vertex chose them); igbeam uses 0"
+            )
+        missing = [n for _, n in layers if not baselines.get(n)]
+        if missing:
+            notes.append(
+                f"layers {missing} had no encodedBaselines (Vertex chose them); igbeam uses 0"
             )
 
     # SmoothGrad -----------------------------------------------------------------------------
     if "smoothGradConfig" in ig:
         attribution["smoothgrad"] = _smoothgrad(
-            ig["smoothGradConfig"], f"{where_ig}.smoothGradConfig", inputs, vertex_names
+            ig["smoothGradConfig"],
+            f"{where_ig}.smoothGradConfig",
+            inputs,
+            {**vertex_names, **layer_names},
         )
         comments["attribution.smoothgrad"] = "integratedGradientsAttribution.smoothGradConfig"
 
@@ -527,6 +554,9 @@ def translate(
     # output ------------------------------------------------------------------------------------
     vertex: dict[str, Any] = {"output_name": output_name}
     comments["output.vertex.output_name"] = "the key of metadata.outputs (each line's outputName)"
+    if len(layers) > 1 or (layers and features):  # Vertex keys a layer by its input's key
+        vertex_names = {**layer_names, **vertex_names}
+        vertex_names = {n: v for n, v in vertex_names.items() if n != v}
     if vertex_names:
         vertex["feature_names"] = vertex_names
         comments["output.vertex.feature_names"] = (
@@ -550,22 +580,22 @@ def translate(
 
 
 def _combine_baselines(
-    baselines: Mapping[str, list[Any]], vertex_names: Mapping[str, str]
+    baselines: Mapping[str, list[Any]], fields: Mapping[str, str]
 ) -> list[dict[str, Any]]:
     """Per-feature baseline lists -> a list of {feature: value} baselines (Vertex pairs the
     i-th baseline of every feature; a feature with one baseline uses it in each, one with none
-    uses 0)."""
+    uses 0). A feature is a model input or a layer (encodedBaselines); `fields` names the
+    Vertex field each came from (`metadata.inputs.<key>.inputBaselines`)."""
     counts = {n: len(v) for n, v in baselines.items() if v}
     if not counts:
         return []
     k = max(counts.values())
     largest = next(n for n, c in counts.items() if c == k)
-    most = vertex_names.get(largest, largest)
+    most = fields[largest].removeprefix("metadata.inputs.").rsplit(".", 1)[0]  # its key
     for name, count in counts.items():
         if count not in (1, k):
             raise VertexSpecError(
-                f"metadata.inputs.{vertex_names.get(name, name)}.inputBaselines",
-                f"{count} baselines while {most} has {k}: give 1 or {k}",
+                fields[name], f"{count} baselines while {most} has {k}: give 1 or {k}"
             )
     combined = []
     for i in range(k):

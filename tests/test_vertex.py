@@ -239,6 +239,189 @@ def test_encoded_input_becomes_layer_attribution():
     assert config["attribution"]["target"] == {"kind": "predicted"}
 
 
+def _categorical_spec():
+    """Two categorical inputs embedded by their own layers (encodedTensorName) and a numeric
+    input: the common Vertex tabular spec. Two baselines: the size layer and the numeric input
+    give one value or two, the color layer two."""
+    return {
+        "parameters": {"integratedGradientsAttribution": {"stepCount": 16}},
+        "metadata": {
+            "inputs": {
+                "color": {
+                    "inputTensorName": "color",
+                    "encoding": "IDENTITY",
+                    "encodedTensorName": "emb_color",
+                    "encodedBaselines": [[0.1, -0.2, 0.3], [[0.0, 0.4, -0.5]]],
+                },
+                "numeric": {"inputTensorName": "num:0", "inputBaselines": [1.0, -0.5]},
+                "size": {
+                    "encoding": "COMBINED_EMBEDDING",
+                    "encodedTensorName": "emb_size:0",
+                    "encodedBaselines": [0.5],
+                },
+            },
+            "outputs": {"score": {}},
+        },
+    }
+
+
+CATEGORICAL_BASELINE = {
+    "kind": "average",
+    "baselines": [
+        {
+            "kind": "per_feature",
+            "values": {"emb_color": [0.1, -0.2, 0.3], "num": 1.0, "emb_size": 0.5},
+        },
+        {
+            "kind": "per_feature",
+            "values": {"emb_color": [0.0, 0.4, -0.5], "num": -0.5, "emb_size": 0.5},
+        },
+    ],
+}
+
+
+def test_several_encoded_inputs_and_a_numeric_one_become_a_layer_list():
+    translation = translate([_categorical_spec()], model="m", input_pattern="p", output="o")
+    assert translation.config == {
+        "model": {"path": "m"},
+        "input": {"pattern": "p"},
+        "attribution": {
+            "method": "gausslegendre",
+            "steps": 16,
+            "layer": ["emb_color", "emb_size"],  # in spec order
+            "baseline": CATEGORICAL_BASELINE,
+            "target": {"kind": "predicted"},
+        },
+        "output": {
+            "path": "o",
+            "format": "vertex_jsonl",
+            "vertex": {
+                "output_name": "score",
+                "feature_names": {"emb_color": "color", "emb_size": "size", "num": "numeric"},
+            },
+        },
+    }
+    # no `features` with a layer: the numeric input is attributed as a float input feeding
+    # no listed layer, and the comment says so
+    comment = translation.comments["attribution.layer"]
+    assert "attributed automatically" in comment and "num" in comment
+    text = render_yaml(translation)
+    assert yaml.safe_load(text) == translation.config
+    parse_config(translation.config)  # a valid igbeam config
+
+
+def test_layer_list_baseline_counts_and_names_are_checked():
+    spec = _categorical_spec()
+    spec["metadata"]["inputs"]["size"]["encodedBaselines"] = [0.5, 0.6, 0.7]
+    with pytest.raises(VertexSpecError) as caught:
+        translate([spec])
+    assert str(caught.value) == (
+        "metadata.inputs.color.encodedBaselines: 2 baselines while size has 3: give 1 or 3"
+    )
+    spec = _categorical_spec()
+    spec["metadata"]["inputs"]["size"]["encodedTensorName"] = "num"
+    with pytest.raises(VertexSpecError, match=r"^metadata\.inputs\.size\.encodedTensorName: 'num'"):
+        translate([spec])
+    spec = _categorical_spec()
+    del spec["metadata"]["inputs"]["size"]["encodedBaselines"]
+    translation = translate([spec])
+    assert [
+        b["values"]["emb_size"] for b in translation.config["attribution"]["baseline"]["baselines"]
+    ] == [0.0, 0.0]
+    assert any("layers ['emb_size'] had no encodedBaselines" in n for n in translation.notes)
+    # SmoothGrad noise named by an encoded input's key goes on its layer
+    spec = _categorical_spec()
+    spec["parameters"]["integratedGradientsAttribution"]["smoothGradConfig"] = {
+        "featureNoiseSigma": {"noiseSigma": [{"name": "color", "sigma": 0.2}]}
+    }
+    smoothgrad = translate([spec]).config["attribution"]["smoothgrad"]
+    assert smoothgrad == {"samples": 3, "feature_sigma": {"emb_color": 0.2}}
+    # one encoded input alone keeps the single-layer form; with a plain input it is a list
+    spec = _categorical_spec()
+    del spec["metadata"]["inputs"]["size"]
+    assert translate([spec]).config["attribution"]["layer"] == ["emb_color"]
+    del spec["metadata"]["inputs"]["numeric"]
+    assert translate([spec]).config["attribution"]["layer"] == "emb_color"
+
+
+def test_translated_layer_list_runs_and_equals_the_native_config(tmp_path):
+    """The translated spec through the pipeline: one column per encoded input and the numeric
+    one, the closed form w . (x - mean baseline) per feature (the model is linear in its
+    embeddings), completeness, the same numbers as the settings written natively, and JSONL
+    lines keyed by the spec's input names."""
+    from test_layers import BIAS, COLORS, SIZES, D, _data, _tabular_model, _weights
+
+    n = 12
+    _tabular_model().save(str(tmp_path / "tabular.keras"))
+    data = _data(n, seed=7)
+    rows = [
+        {
+            "color": data["color"][i].encode(),
+            "size": data["size"][i].encode(),
+            "num": float(data["num"][i]),
+            "id": f"r{i:02d}".encode(),
+        }
+        for i in range(n)
+    ]
+    write_examples(tmp_path / "data.tfrecord", rows)
+    translated = translate(
+        [_categorical_spec()],
+        model=str(tmp_path / "tabular.keras"),
+        input_pattern=str(tmp_path / "data.tfrecord"),
+        output=str(tmp_path / "vertex"),
+        key="id",
+    ).config
+    summary = run_job(parse_config(translated))
+    assert summary["counts"]["examples_attributed"] == n
+    native = {
+        "model": {"path": str(tmp_path / "tabular.keras")},
+        "input": {"pattern": str(tmp_path / "data.tfrecord"), "key": "id"},
+        "attribution": {
+            "layer": ["emb_color", "emb_size"],
+            "method": "gausslegendre",
+            "steps": 16,
+            "baseline": CATEGORICAL_BASELINE,
+            "target": {"kind": "predicted"},
+        },
+        "output": {"path": str(tmp_path / "native")},
+    }
+    run_job(parse_config(native))
+    got = read_attributions(tmp_path / "vertex").sort_values("key").reset_index(drop=True)
+    want = read_attributions(tmp_path / "native").sort_values("key").reset_index(drop=True)
+    columns = ["attr_emb_color", "attr_emb_size", "attr_num"]
+    assert [c for c in got.columns if c.startswith("attr_")] == columns
+    assert list(got["key"]) == [f"r{i:02d}" for i in range(n)]
+    for column in [*columns, "prediction", "baseline_prediction", "delta"]:
+        np.testing.assert_allclose(got[column], want[column], rtol=0, atol=1e-9)
+    # closed form: the baselines average, so IG is w . (x - mean of the baselines)
+    color_table, size_table, w = _weights()
+    w = w[:, 0].astype(np.float64)
+    color = color_table[[COLORS.index(c) + 1 for c in data["color"]]].astype(np.float64)
+    size = size_table[[SIZES.index(s) + 1 for s in data["size"]]].astype(np.float64)
+    mean_color = np.mean([[0.1, -0.2, 0.3], [0.0, 0.4, -0.5]], axis=0)
+    np.testing.assert_allclose(got["attr_emb_color"], (color - mean_color) @ w[:D], atol=1e-5)
+    np.testing.assert_allclose(got["attr_emb_size"], (size - 0.5) @ w[D : 2 * D], atol=1e-5)
+    np.testing.assert_allclose(got["attr_num"], w[2 * D] * (data["num"] - 0.25), atol=1e-5)
+    total = got[columns].sum(axis=1)
+    np.testing.assert_allclose(
+        total, got["prediction"] - got["baseline_prediction"] + got["delta"], atol=1e-9
+    )
+    assert got["delta"].abs().max() < 1e-5
+    baseline = mean_color @ w[:D] + 0.5 * w[D : 2 * D].sum() + 0.25 * w[2 * D] + BIAS
+    np.testing.assert_allclose(got["baseline_prediction"], baseline, atol=1e-5)
+    frame = got.set_index("key")
+    lines = read_lines(tmp_path / "vertex")
+    assert sorted(line["key"] for line in lines) == list(frame.index)
+    for line in lines:
+        (entry,) = line["explanation"]["attributions"]
+        row = frame.loc[line["key"]]
+        assert entry["featureAttributions"] == {
+            "color": row["attr_emb_color"],
+            "size": row["attr_emb_size"],
+            "numeric": row["attr_num"],
+        }
+
+
 def _spec(**changes):
     """The realistic spec's ExplanationSpec with `changes` applied at dotted paths."""
     spec = copy.deepcopy(REALISTIC_MODEL["explanationSpec"])
@@ -307,8 +490,22 @@ def _spec(**changes):
             "metadata.inputs.colour.indexFeatureMapping",
         ),
         (
-            {"metadata__inputs__hours_per_week__encodedTensorName": "emb"},
-            "metadata.inputs.hours_per_week.encodedTensorName",
+            {"metadata__inputs__colour__encodedTensorName": "emb"},
+            "metadata.inputs.colour.encoding",  # BAG_OF_FEATURES is not an embedding
+        ),
+        (
+            {
+                "metadata__inputs__hours_per_week__encodedTensorName": "emb",
+                "metadata__inputs__extra": {"encodedTensorName": "emb:0"},
+            },
+            "metadata.inputs.extra.encodedTensorName",  # one layer for two inputs
+        ),
+        (
+            {
+                "metadata__inputs__hours_per_week__encodedTensorName": "emb",
+                "metadata__inputs__hours_per_week__encodedBaselines": [0.0, 1.0, 2.0],
+            },
+            "metadata.inputs.age.inputBaselines",  # 2 baselines, where the layer has 3
         ),
         (
             {"parameters__integratedGradientsAttribution__stepCount": None},
