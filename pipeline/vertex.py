@@ -560,7 +560,7 @@ def translate(
     if vertex_names:
         vertex["feature_names"] = vertex_names
         comments["output.vertex.feature_names"] = (
-            "model input -> the metadata.inputs key that Vertex keyed featureAttributions by"
+            "model input (or layer) -> the metadata.inputs key Vertex keyed featureAttributions by"
         )
     if index_mapping:
         vertex["index_feature_mapping"] = index_mapping
