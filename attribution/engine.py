@@ -167,6 +167,28 @@ def _path_rows(
     return keys, paths, {name: tile(t) for name, t in rest.items()}, tile
 
 
+def _averaged_attributions(
+    layout: Packing,
+    r_x: TensorDict,
+    flat_base: TensorDict,
+    base: TensorDict,
+    sums: TensorDict,
+    n: tf.Tensor,
+    per_example: tf.Tensor,
+) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """(x - x') * path-gradient sums per row, averaged over each example's `per_example` rows
+    (baseline samples, noisy copies), per dtype key; with the baselines, and the [n] totals."""
+    out: dict[str, tf.Tensor] = {}
+    total = tf.zeros([n], tf.float64)
+    for key in layout.groups:
+        diff = tf.cast(r_x[key], tf.float64) - tf.cast(flat_base[key], tf.float64)
+        per_row = tf.reshape(diff * sums["grads/" + key], [n, per_example, layout.width(key)])
+        out[ATTRIBUTIONS + key] = tf.reduce_mean(per_row, axis=1)
+        out[BASELINES + key] = base[key]
+        total += tf.reduce_sum(out[ATTRIBUTIONS + key], axis=1)
+    return out, total
+
+
 class IntegratedGradients:
     """Integrated Gradients for a model with named inputs.
 
@@ -533,15 +555,7 @@ class IntegratedGradients:
             {k: rows(v) for k, v in rest.items()}, r_x, flat_base, rows(requested)
         )
 
-        out = {}
-        total = tf.zeros([n], tf.float64)
-        for key in layout.groups:
-            width = layout.width(key)
-            diff = tf.cast(r_x[key], tf.float64) - tf.cast(flat_base[key], tf.float64)
-            per_row = tf.reshape(diff * sums["grads/" + key], [n, samples, width])
-            out[ATTRIBUTIONS + key] = tf.reduce_mean(per_row, axis=1)
-            out[BASELINES + key] = base[key]
-            total += tf.reduce_sum(out[ATTRIBUTIONS + key], axis=1)
+        out, total = _averaged_attributions(layout, r_x, flat_base, base, sums, n, samples)
         prediction = tf.reshape(sums["fx"], [n, samples])[:, 0]
         baseline_prediction = tf.reduce_mean(tf.reshape(sums["fb"], [n, samples]), axis=1)
         chosen = tf.reshape(sums["chosen"], [n, samples])[:, 0]
@@ -592,15 +606,7 @@ class IntegratedGradients:
         flat_base = {k: grid(v[:, tf.newaxis], k) for k, v in base.items()}
         r_rest = {k: tf.repeat(v, per_example, axis=0) for k, v in rest.items()}
         sums = self._path_sums(r_rest, r_x, flat_base, tf.repeat(safe, per_example, axis=0))
-        out = {}
-        total = tf.zeros([n], tf.float64)
-        for key in layout.groups:
-            width = layout.width(key)
-            diff = tf.cast(r_x[key], tf.float64) - tf.cast(flat_base[key], tf.float64)
-            per_row = tf.reshape(diff * sums["grads/" + key], [n, per_example, width])
-            out[ATTRIBUTIONS + key] = tf.reduce_mean(per_row, axis=1)
-            out[BASELINES + key] = base[key]
-            total += tf.reduce_sum(out[ATTRIBUTIONS + key], axis=1)
+        out, total = _averaged_attributions(layout, r_x, flat_base, base, sums, n, per_example)
         noisy_prediction = tf.reduce_mean(tf.reshape(sums["fx"], [n, per_example]), axis=1)
         baseline_prediction = tf.reduce_mean(tf.reshape(sums["fb"], [n, per_example]), axis=1)
         out.update(
