@@ -199,10 +199,16 @@ def _build_fault_inputs(directory) -> Expected:
     payloads = [victim(f"gz-{i:02d}") for i in range(40)]
     write_records(directory / "f_cut.tfrecord.gz", payloads, gzip=True)
     offsets = record_offsets(payloads)
-    compressed = (directory / "f_cut.tfrecord.gz").read_bytes()
-    compressed = compressed[: len(compressed) // 2]
+    whole = (directory / "f_cut.tfrecord.gz").read_bytes()
+    ends = {o + HEADER + len(payloads[i]) + FOOTER for i, o in enumerate(offsets)}
+    # Cut near the middle, where the decodable prefix ends inside a record (the serialized
+    # examples, hence the compressed bytes, can differ between processes: map field order).
+    for size in range(len(whole) // 2, len(whole)):
+        compressed = whole[:size]
+        prefix = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(compressed)
+        if len(prefix) not in ends:
+            break
     (directory / "f_cut.tfrecord.gz").write_bytes(compressed)
-    prefix = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(compressed)
     complete = [
         i for i, o in enumerate(offsets) if o + HEADER + len(payloads[i]) + FOOTER <= len(prefix)
     ]
